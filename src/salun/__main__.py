@@ -1,0 +1,5 @@
+import sys
+
+from salun.cli import main
+
+sys.exit(main())

@@ -1,0 +1,277 @@
+"""Command line: ``salun train | mask | unlearn | eval | list | config | demo``.
+
+Bad input exits with code 2 and one line on stderr; a run folder this command created is
+removed again when it fails, so no partial results are left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from salun.errors import SalunError
+
+
+def _split_items(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    preset, overrides = None, []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif preset is None:
+            preset = item
+        else:
+            raise SalunError(f"two presets given ({preset!r}, {item!r}); give one, then key=value")
+    return preset, overrides
+
+
+def _config(args: argparse.Namespace):
+    from salun.config import load_config
+
+    preset, overrides = _split_items(args.items)
+    if getattr(args, "no_progress", False):
+        overrides.append("progress=false")
+    return load_config(preset, overrides)
+
+
+def _print_metrics(title: str, m: dict[str, Any]) -> None:
+    keys = ("UA", "MIA-Efficacy", "RA", "TA")
+    print(title)
+    print("  " + "  ".join(f"{k} {m[k]:.2f}" for k in keys))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from salun.config import preset_names
+    from salun.data import DATASETS
+    from salun.methods import list_methods
+    from salun.models import MODELS
+
+    tables = {
+        "methods": list_methods(),
+        "models": list(MODELS),
+        "datasets": list(DATASETS),
+        "presets": preset_names(),
+    }
+    if args.what != "all" and args.what not in tables:
+        raise SalunError(f"unknown list {args.what!r}; allowed: all, {', '.join(tables)}")
+    for name, values in tables.items():
+        if args.what in ("all", name):
+            print(f"{name}: {' '.join(values)}" if args.what == "all" else "\n".join(values))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from salun.config import save_config
+    from salun.io import write_json
+    from salun.run import evaluate, prepare, run_log, save_weights, train_model, versions
+
+    cfg = _config(args)
+    exp = prepare(cfg, args.split)
+    out = Path(args.out)
+    with run_log(out):
+        save_config(cfg, out / "config.yaml")
+        exp.split.save(out / "split.json")
+        model, info = train_model(exp, args.kind)
+        save_weights(model, out / "model.safetensors")
+        metrics = evaluate(exp, model)
+        write_json(
+            out / "metrics.json",
+            {
+                "kind": args.kind,
+                "info": info,
+                "metrics": metrics,
+                "split_hash": exp.split.hash,
+                "versions": versions(),
+            },
+        )
+    print(
+        f"{args.kind} model: train accuracy {info['train_acc']:.2f}%  -> {out / 'model.safetensors'}"
+    )
+    _print_metrics("evaluation on the split:", metrics)
+    return 0
+
+
+def cmd_mask(args: argparse.Namespace) -> int:
+    from salun.config import save_config
+    from salun.run import load_weights, prepare, run_log, train_model
+    from salun.saliency import compute_saliency_mask
+
+    cfg = _config(args)
+    exp = prepare(cfg, args.split)
+    model = load_weights(exp.new_model(), args.model) if args.model else None
+    out = Path(args.out)
+    with run_log(out):
+        save_config(cfg, out / "config.yaml")
+        exp.split.save(out / "split.json")
+        if model is None:
+            model, _ = train_model(exp, "original")
+        m = cfg.mask
+        mask = compute_saliency_mask(
+            model, exp.forget, exp.task, m.ratio, m.per_layer, m.batch_size, exp.split.hash
+        )
+        mask.save(out / "mask.safetensors")
+    print(
+        f"mask: {mask.selected} of {mask.total} weights salient ({100 * mask.fraction:.2f}%) "
+        f"in {mask.meta['seconds']}s -> {out / 'mask.safetensors'}"
+    )
+    return 0
+
+
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    from salun.run import run_unlearn
+
+    cfg = _config(args)
+    r = run_unlearn(cfg, args.out, args.model, args.mask, args.split, compare=not args.no_compare)
+    print(
+        f"{cfg.unlearn.method} on {cfg.data.name} ({cfg.data.scenario}), seed {cfg.seed}: "
+        f"RTE {r['run']['rte_seconds']:.2f}s"
+    )
+    _print_metrics("unlearned:", r["metrics"])
+    if "retrain" in r:
+        _print_metrics("retrain:", r["retrain"]["metrics"])
+        print(f"Avg. Gap to Retrain: {r['gap']['Avg. Gap']:.2f}")
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from salun.io import write_json
+    from salun.run import evaluate, load_weights, prepare
+
+    cfg = _config(args)
+    exp = prepare(cfg, args.split)
+    model = load_weights(exp.new_model(), args.model)
+    metrics = evaluate(exp, model)
+    if args.out:
+        write_json(
+            Path(args.out) / "eval.json",
+            {"checkpoint": args.model, "metrics": metrics, "split_hash": exp.split.hash},
+        )
+    if args.json:
+        print(json.dumps({k: metrics[k] for k in ("UA", "MIA-Efficacy", "RA", "TA")}))
+    else:
+        _print_metrics(f"{args.model}:", metrics)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from salun.demo import run_demo
+
+    results = run_demo(
+        args.out,
+        seed=args.seed,
+        dataset=args.dataset,
+        progress=not args.no_progress,
+        overrides=args.items,
+    )
+    for r in results:
+        print(f"\n## {r['title']}\n")
+        print(r["table"])
+    print(f"\nreports, metrics.json and gaps.png under {args.out}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
+    p.add_argument(
+        "items",
+        nargs="*",
+        metavar="PRESET|key=value",
+        help="a preset name or YAML file, then overrides such as unlearn.method=ga",
+    )
+    p.add_argument("--split", help="use this split.json instead of drawing one")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if out:
+        p.add_argument("--out", required=True, help="run folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="salun", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train the original model (or Retrain) on a split")
+    _common(p)
+    p.add_argument("--kind", default="original", choices=["original", "retrain"])
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("mask", help="compute a SalUn weight-saliency mask")
+    _common(p)
+    p.add_argument("--model", help="original model (safetensors); default: train or cache")
+    p.set_defaults(func=cmd_mask)
+
+    p = sub.add_parser("unlearn", help="run one unlearning method and evaluate it")
+    _common(p)
+    p.add_argument("--model", help="original model (safetensors); default: train or cache")
+    p.add_argument("--mask", help="saliency mask (safetensors); default: computed when used")
+    p.add_argument("--no-compare", action="store_true", help="skip original/Retrain metrics")
+    p.set_defaults(func=cmd_unlearn)
+
+    p = sub.add_parser("eval", help="evaluate a model on a split (UA, MIA-Efficacy, RA, TA)")
+    _common(p, out=False)
+    p.add_argument("--model", required=True, help="model to evaluate (safetensors)")
+    p.add_argument("--out", help="folder for eval.json")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("list", help="list methods, models, datasets or presets")
+    p.add_argument("what", nargs="?", default="all")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("config", help="print the resolved config")
+    p.add_argument("items", nargs="*", metavar="PRESET|key=value")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", help="the Fashion-MNIST demo (random 10%% and class-wise)")
+    p.add_argument("items", nargs="*", metavar="key=value", help="overrides of the demo preset")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="auto", help="auto, fashion-mnist or digits")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value items may come after options (argparse stops collecting positionals there).
+    bad = [e for e in extra if e.startswith("-") or not hasattr(args, "items")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.items = [*args.items, *extra]
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("salun").setLevel(logging.INFO)
+    out = getattr(args, "out", None)
+    fresh = out is not None and not Path(out).exists()
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except SalunError as e:
+        if fresh and Path(out).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        print(f"salun: error: {e}", file=sys.stderr)
+        return 2
+    except BaseException:
+        if fresh and Path(out).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Typed run configuration: dataclass schemas, YAML presets, ``key=value`` overrides.
+
+A config is resolved once (preset -> overrides -> validation) and saved as ``config.yaml`` in every
+run folder, so a run can be reproduced from that file alone. Unknown keys and bad values fail
+loudly with a one-line :class:`~salun.errors.SalunError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from salun.errors import SalunError, unknown_choice
+
+SCENARIOS = ("random", "class")
+SCHEDULES = ("constant", "step", "cosine")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass
+class DataConfig:
+    """Dataset and forgetting scenario. One persisted split is derived from these fields."""
+
+    name: str = "digits"
+    data_dir: str | None = None
+    image_size: int | None = None  # resize; None keeps the native size (digits: 16)
+    train_subset: int | None = None  # use at most this many training images (stratified)
+    test_subset: int | None = None
+    val_fraction: float = 0.0  # held out of the training pool, never trained on
+    scenario: str = "random"  # random | class
+    forget_ratio: float | None = 0.1  # random forgetting: share of the training set
+    forget_count: int | None = None  # random forgetting: exact number (overrides the ratio)
+    forget_class: int | str | None = None  # class-wise forgetting: index or class name
+    split_seed: int | None = None  # None: use the run seed
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"
+    width: int = 16
+    channels_last: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Recipe for the original model and for Retrain (SGD with a schedule)."""
+
+    epochs: int = 10
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: str = "cosine"  # constant | step | cosine
+    milestones: list[int] = field(default_factory=list)  # for schedule=step (epochs)
+    gamma: float = 0.1
+
+
+@dataclass
+class MaskConfig:
+    """Weight saliency (SalUn §4): top ``ratio`` of |grad of the forgetting loss|."""
+
+    ratio: float = 0.5
+    per_layer: bool = False
+    batch_size: int = 256
+
+
+@dataclass
+class UnlearnConfig:
+    method: str = "salun"
+    params: dict[str, Any] = field(default_factory=dict)  # overrides of the method's defaults
+    use_mask: bool | None = None  # None: the method's own choice (SalUn: yes, others: no)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 512
+    mia_seed: int | None = None  # None: use the run seed
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    threads: int | None = None
+    cache_dir: str = "runs/cache"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    retrain: TrainConfig | None = None  # None: same recipe as train
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def retrain_recipe(self) -> TrainConfig:
+        return self.retrain if self.retrain is not None else self.train
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise SalunError(f"{where or 'config'} must be a mapping, got {data!r}")
+    names = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            raise unknown_choice(f"config key in {where or 'config'}", key, names)
+        f = names[key]
+        sub = _nested_type(cls, f)
+        if sub is not None and value is not None:
+            kwargs[key] = _from_dict(sub, value, f"{where}.{key}".strip("."))
+        else:
+            kwargs[key] = _coerce_scalar(value, str(f.type), f"{where}.{key}".strip("."))
+    return cls(**kwargs)
+
+
+def _coerce_scalar(value: Any, annotation: str, where: str) -> Any:
+    """YAML 1.1 reads ``5e-4`` as a string; accept it where the field is a float."""
+    if isinstance(value, str) and "float" in annotation:
+        try:
+            return float(value)
+        except ValueError:
+            raise SalunError(f"{where} must be a number, got {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool) and annotation.startswith("float"):
+        return float(value)
+    return value
+
+
+_NESTED = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "retrain": TrainConfig,
+    "mask": MaskConfig,
+    "unlearn": UnlearnConfig,
+    "eval": EvalConfig,
+}
+
+
+def _nested_type(cls: type, f: dataclasses.Field) -> type | None:
+    return _NESTED.get(f.name) if cls is Config else None
+
+
+def preset_names() -> list[str]:
+    root = resources.files("salun") / "configs"
+    out = []
+    for sub in ("", "smoke/"):
+        folder = root / sub if sub else root
+        for p in folder.iterdir():
+            if p.name.endswith(".yaml"):
+                out.append(sub + p.name[: -len(".yaml")])
+    return sorted(out)
+
+
+def _read_preset(name: str) -> dict[str, Any]:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise SalunError(f"config file {name!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+    else:
+        if name not in preset_names():
+            raise unknown_choice("preset", name, preset_names())
+        text = (resources.files("salun") / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise SalunError(f"preset {name!r} is not a mapping")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise SalunError(f"override {item!r} is not key=value (e.g. unlearn.method=ga)")
+    key, raw = item.split("=", 1)
+    if not key:
+        raise SalunError(f"override {item!r} has an empty key")
+    return key.split("."), yaml.safe_load(raw) if raw != "" else None
+
+
+def _set(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = tree
+    for k in keys[:-1]:
+        child = node.get(k)
+        if not isinstance(child, dict):
+            child = {}
+            node[k] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Resolve a preset name or YAML path plus ``key=value`` overrides into a checked Config."""
+    tree: dict[str, Any] = _read_preset(preset) if preset else {}
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        _set(tree, keys, value)
+    return validate(_from_dict(Config, tree, ""))
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    return validate(_from_dict(Config, tree, ""))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from salun.io import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _check_choice(kind: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise unknown_choice(kind, value, allowed)
+
+
+def _check_recipe(t: TrainConfig, where: str) -> None:
+    _check_choice(f"{where}.schedule", t.schedule, SCHEDULES)
+    if t.epochs < 0 or t.batch_size < 1 or t.lr <= 0:
+        raise SalunError(
+            f"{where}: epochs must be >= 0, batch_size >= 1, lr > 0 "
+            f"(got epochs={t.epochs}, batch_size={t.batch_size}, lr={t.lr})"
+        )
+
+
+def validate(cfg: Config) -> Config:
+    """Check names and ranges that can be checked without loading data."""
+    from salun.data import DATASETS
+    from salun.methods import get_method
+    from salun.models import MODELS
+
+    _check_choice("dataset", cfg.data.name, DATASETS)
+    _check_choice("model", cfg.model.name, MODELS)
+    _check_choice("scenario", cfg.data.scenario, SCENARIOS)
+    d = cfg.data
+    if d.scenario == "random":
+        if d.forget_count is None:
+            r = d.forget_ratio
+            if r is None or not isinstance(r, int | float) or not 0 < r < 1:
+                raise SalunError(f"data.forget_ratio must be in (0, 1), got {r!r}")
+        elif not isinstance(d.forget_count, int) or d.forget_count < 1:
+            raise SalunError(
+                f"data.forget_count must be a positive integer, got {d.forget_count!r}"
+            )
+    elif d.forget_class is None:
+        raise SalunError("data.forget_class is required for scenario=class (an index or a name)")
+    if not 0 <= d.val_fraction < 1:
+        raise SalunError(f"data.val_fraction must be in [0, 1), got {d.val_fraction!r}")
+    if not 0 < cfg.mask.ratio <= 1:
+        raise SalunError(f"mask.ratio must be in (0, 1], got {cfg.mask.ratio!r}")
+    _check_recipe(cfg.train, "train")
+    _check_recipe(cfg.retrain_recipe, "retrain")
+    method = get_method(cfg.unlearn.method, **cfg.unlearn.params)  # validates name and params
+    cfg.unlearn.params = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in ((k, getattr(method, k)) for k in cfg.unlearn.params)
+    }
+    return cfg

@@ -1,0 +1,69 @@
+"""Classification unlearning metrics (SalUn, Fan et al., ICLR 2024, §5):
+UA = 100 - accuracy on D_f; RA = accuracy on D_r; TA = accuracy on the test set (without the
+forgotten class in class-wise forgetting); MIA-Efficacy (see :mod:`salun.eval.mia`);
+Avg. Gap = mean over (UA, MIA-Efficacy, RA, TA) of |method - Retrain|.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import sklearn
+import torch
+
+from salun.eval.accuracy import predict
+from salun.eval.mia import MIA_DEFINITION, mia_efficacy
+
+EVAL_VERSION = "salun-eval-1"
+METRICS = ("UA", "MIA-Efficacy", "RA", "TA")
+
+DEFINITIONS = {
+    "UA": "100 - top-1 accuracy (%) on the forget set D_f",
+    "RA": "top-1 accuracy (%) on the retain set D_r",
+    "TA": "top-1 accuracy (%) on the test set (class-wise: without the forgotten class)",
+    "MIA-Efficacy": MIA_DEFINITION,
+    "RTE": "wall-clock seconds of unlearning, including the saliency mask when one is computed",
+    "Avg. Gap": "mean over UA, MIA-Efficacy, RA, TA of |method - Retrain| on the same split",
+}
+
+
+def evaluate_classifier(
+    model: torch.nn.Module,
+    forget,
+    retain,
+    test,
+    task,
+    mia_seed: int = 0,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """UA, RA, TA and MIA-Efficacy of ``model``, with definitions and versions."""
+    start = time.perf_counter()
+    pf = predict(model, forget, task, batch_size)
+    pr = predict(model, retain, task, batch_size)
+    pt = predict(model, test, task, batch_size)
+    mia = mia_efficacy(pr.true_prob, pt.true_prob, pf.true_prob, seed=mia_seed)
+    return {
+        "UA": 100.0 - pf.accuracy,
+        "MIA-Efficacy": mia["mia_efficacy"],
+        "RA": pr.accuracy,
+        "TA": pt.accuracy,
+        "sizes": {"forget": len(pf.labels), "retain": len(pr.labels), "test": len(pt.labels)},
+        "mia": mia,
+        "eval_seconds": round(time.perf_counter() - start, 3),
+        "definitions": DEFINITIONS,
+        "evaluator": {
+            "version": EVAL_VERSION,
+            "sklearn": sklearn.__version__,
+            "torch": torch.__version__,
+        },
+    }
+
+
+def avg_gap(metrics: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
+    """Per-metric |method - reference| and their mean ("Avg. Gap")."""
+    gaps = {m: abs(float(metrics[m]) - float(reference[m])) for m in METRICS}
+    valid = [g for g in gaps.values() if not math.isnan(g)]
+    gaps["Avg. Gap"] = sum(valid) / len(valid) if valid else float("nan")
+    return gaps

@@ -1,0 +1,80 @@
+"""Unlearning methods, one file each, one interface:
+
+    method = get_method("salun", lr=0.013)
+    model = method.unlearn(model, data, task, mask=None)
+
+``data`` is an :class:`UnlearnData` (forget and retain datasets, a seed). A method is a
+dataclass whose fields are its hyperparameters with paper defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from salun.errors import SalunError, unknown_choice
+from salun.registry import METHODS
+
+
+@dataclass
+class UnlearnData:
+    """What a method may use: the forget set D_f, the retain set D_r and a seed."""
+
+    forget: Dataset
+    retain: Dataset
+    seed: int = 0
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, float) and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads 5e-4 as a string
+        except ValueError:
+            raise SalunError(f"{where} must be a number, got {value!r}") from None
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def get_method(name: str, **params: Any):
+    """Instantiate a registered method with ``params`` overriding its defaults."""
+    cls = METHODS.get(name)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in params:
+        if key not in fields:
+            raise unknown_choice(f"parameter of method {name!r}", key, fields)
+    defaults = cls()
+    kwargs = {k: _coerce(v, getattr(defaults, k), f"{name}.{k}") for k, v in params.items()}
+    method = cls(**kwargs)
+    check = getattr(method, "check", None)
+    if check is not None:
+        check()
+    return method
+
+
+def list_methods() -> list[str]:
+    return METHODS.names()
+
+
+def method_params(method: Any) -> dict[str, Any]:
+    return {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(method).items()
+    }
+
+
+def require_nonempty(data: UnlearnData, forget: bool = True, retain: bool = True) -> None:
+    if forget and len(data.forget) == 0:  # type: ignore[arg-type]
+        raise SalunError("the forget set is empty: there is nothing to unlearn")
+    if retain and len(data.retain) == 0:  # type: ignore[arg-type]
+        raise SalunError("the retain set is empty")
+
+
+# Import the method modules so that they register themselves.
+from salun.methods import ft, ga, l1_sparse, retrain, rl, salun  # noqa: E402,F401
+
+__all__ = ["UnlearnData", "get_method", "list_methods", "method_params"]

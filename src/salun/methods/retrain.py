@@ -1,0 +1,45 @@
+"""Retrain: exact unlearning by training from scratch on the retain set (the gold standard).
+
+Every other method is judged by its gap to Retrain on the same split (Fan et al., ICLR 2024).
+Objective: min_theta E_{D_r} CE(theta; x, y) from a fresh initialisation.
+It re-initialises the given model in place (``reset_parameters`` on every module), so it needs
+no model factory. A saliency mask makes no sense for it and is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from salun.errors import SalunError
+from salun.methods import UnlearnData, require_nonempty
+from salun.methods._fit import Optim, fit
+from salun.registry import METHODS
+
+
+def reinitialise(model: torch.nn.Module, seed: int) -> None:
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+
+
+@METHODS.register("retrain")
+@dataclass
+class Retrain(Optim):
+    epochs: int = 20
+    lr: float = 0.1
+    batch_size: int = 128
+    schedule: str = "cosine"
+    accepts_mask: bool = False
+
+    def unlearn(self, model, data: UnlearnData, task, mask=None):
+        if mask is not None:
+            raise SalunError("method 'retrain' trains every weight from scratch and takes no mask")
+        require_nonempty(data, forget=False)
+        reinitialise(model, data.seed)
+        retain = task.loader(data.retain, self.batch_size, True, data.seed)
+        return fit(model, lambda e: [(retain, task.loss)], self, None, task.progress, "Retrain")

@@ -1,0 +1,72 @@
+"""Image classifiers for unlearning: ResNet-18, VGG-16-BN and a small CNN.
+
+Every model starts with a :class:`Normalize` module (attribute ``normalize``) whose mean and std
+are buffers, so models take raw ``[0, 1]`` images and saved weights carry their statistics. The
+last linear layer is always named ``fc``.
+
+References:
+    He, Zhang, Ren & Sun (2016), "Deep Residual Learning for Image Recognition" (ResNet).
+    Simonyan & Zisserman (2015), "Very Deep Convolutional Networks for Large-Scale Image
+    Recognition" (VGG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from salun.errors import SalunError, unknown_choice
+from salun.models.cnn import SmallCNN
+from salun.models.normalize import Normalize
+from salun.models.resnet import ResNet18
+from salun.models.vgg import VGG16BN
+
+#: Names accepted by :func:`build_model`.
+MODELS: tuple[str, ...] = ("resnet18", "vgg16_bn", "cnn")
+
+__all__ = ["MODELS", "Normalize", "ResNet18", "SmallCNN", "VGG16BN", "build_model"]
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    width: int = 64,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Module:
+    """Build a classifier by name.
+
+    Args:
+        name: One of :data:`MODELS`: ``"resnet18"`` (He et al., 2016, CIFAR stem),
+            ``"vgg16_bn"`` (Simonyan & Zisserman, 2015, with BatchNorm) or ``"cnn"``.
+        num_classes: Number of output logits.
+        in_channels: Input image channels.
+        image_size: Input height/width (at least 8); VGG uses it to drop surplus max-pools.
+        width: Base channel count (64 gives the standard ResNet-18 / VGG-16 sizes).
+        mean: Per-channel input mean (default 0.5 per channel).
+        std: Per-channel input std (default 0.5 per channel).
+
+    Returns:
+        A module mapping images ``(N, in_channels, H, W)`` to logits ``(N, num_classes)``.
+
+    Raises:
+        SalunError: For an unknown name or a non-positive / too small size argument.
+    """
+    if name not in MODELS:
+        raise unknown_choice("model", name, MODELS)
+    for arg, value, low in (
+        ("num_classes", num_classes, 1),
+        ("in_channels", in_channels, 1),
+        ("image_size", image_size, 8),
+        ("width", width, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SalunError(f"model {arg} must be an integer >= {low}, got {value!r}")
+    if name == "resnet18":
+        return ResNet18(num_classes, in_channels, width, mean, std)
+    if name == "vgg16_bn":
+        return VGG16BN(num_classes, in_channels, image_size, width, mean, std)
+    return SmallCNN(num_classes, in_channels, width, mean, std)

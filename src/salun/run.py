@@ -1,0 +1,366 @@
+"""Pipeline: seed -> data -> split -> original model -> mask -> method -> evaluation -> run folder.
+
+Original and Retrain models are cached by (dataset, model, split, seed, recipe), so a study
+trains each once. Everything the user can get wrong is checked before the run folder is made.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from salun.config import Config, TrainConfig, save_config
+from salun.data import DatasetBundle, IndexedDataset, Split, load_dataset, make_split
+from salun.errors import SalunError
+from salun.eval import avg_gap, evaluate_classifier
+from salun.eval.accuracy import predict
+from salun.io import hash_obj, load_tensors, read_metadata, save_tensors, write_json
+from salun.methods import UnlearnData, get_method, method_params
+from salun.methods._fit import Optim, fit
+from salun.models import build_model
+from salun.saliency import SaliencyMask, compute_saliency_mask
+from salun.tasks.classification import ClassificationTask, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Experiment:
+    """Data, split and task of one configuration; the split is shared by every step."""
+
+    cfg: Config
+    bundle: DatasetBundle
+    split: Split
+    task: ClassificationTask
+
+    def subset(self, part: str) -> IndexedDataset:
+        data = self.bundle.test if part == "test" else self.bundle.train
+        return IndexedDataset(data, getattr(self.split, part))
+
+    @property
+    def forget(self) -> IndexedDataset:
+        return self.subset("forget")
+
+    @property
+    def retain(self) -> IndexedDataset:
+        return self.subset("retain")
+
+    @property
+    def test(self) -> IndexedDataset:
+        return self.subset("test")
+
+    @property
+    def train(self) -> IndexedDataset:
+        return self.subset("train")
+
+    def new_model(self, seed: int | None = None) -> nn.Module:
+        """A freshly initialised model (seeded); normalisation from the training images."""
+        train = self.bundle.train
+        imgs = train.images[torch.as_tensor(self.split.train)]
+        mean = imgs.mean(dim=(0, 2, 3)).tolist()
+        std = imgs.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+        torch.manual_seed(self.cfg.seed if seed is None else seed)
+        m = self.cfg.model
+        model = build_model(
+            m.name,
+            num_classes=train.num_classes,
+            in_channels=train.in_channels,
+            image_size=train.image_size,
+            width=m.width,
+            mean=mean,
+            std=std,
+        )
+        if m.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model.to(self.task.device)
+
+
+def prepare(cfg: Config, split_path: str | Path | None = None) -> Experiment:
+    """Load data and make (or load) the split. Raises SalunError on any bad input."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    d = cfg.data
+    bundle = load_dataset(d.name, d.data_dir, d.image_size)
+    if split_path is not None:
+        split = Split.load(split_path)
+        if split.dataset != d.name:
+            raise SalunError(
+                f"split {str(split_path)!r} is for dataset {split.dataset!r}, config says {d.name!r}"
+            )
+    else:
+        split = make_split(
+            bundle.train.labels.numpy(),
+            bundle.test.labels.numpy(),
+            bundle.train.classes,
+            dataset=d.name,
+            scenario=d.scenario,
+            forget_ratio=d.forget_ratio,
+            forget_count=d.forget_count,
+            forget_class=d.forget_class,
+            val_fraction=d.val_fraction,
+            train_subset=d.train_subset,
+            test_subset=d.test_subset,
+            seed=cfg.seed if d.split_seed is None else d.split_seed,
+        )
+    task = ClassificationTask(
+        num_classes=bundle.train.num_classes,
+        device=resolve_device(cfg.device),
+        progress=cfg.progress,
+        channels_last=cfg.model.channels_last,
+    )
+    return Experiment(cfg, bundle, split, task)
+
+
+def recipe_optim(t: TrainConfig) -> Optim:
+    return Optim(
+        epochs=t.epochs,
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        batch_size=t.batch_size,
+        schedule=t.schedule,
+        milestones=tuple(t.milestones),
+        gamma=t.gamma,
+    )
+
+
+def _cache_key(exp: Experiment, kind: str, indices: np.ndarray, recipe: TrainConfig) -> str:
+    c = exp.cfg
+    return hash_obj(
+        {
+            "kind": kind,
+            "dataset": c.data.name,
+            "image_size": c.data.image_size,
+            "indices": hash_obj(indices.tolist()),
+            "model": asdict(c.model),
+            "recipe": asdict(recipe),
+            "seed": c.seed,
+            "torch": torch.__version__.split("+")[0],
+        }
+    )[:20]
+
+
+def train_model(
+    exp: Experiment, kind: str = "original", use_cache: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the original model (on ``split.train``) or Retrain (on ``split.retain``).
+
+    Cached under ``cfg.cache_dir`` by (dataset, model, indices, seed, recipe). Returns the model
+    and info: seconds, training accuracy on the data it was trained on, cache hit.
+    """
+    if kind not in ("original", "retrain"):
+        raise SalunError(f"unknown model kind {kind!r}; allowed: original, retrain")
+    recipe = exp.cfg.train if kind == "original" else exp.cfg.retrain_recipe
+    indices = exp.split.train if kind == "original" else exp.split.retain
+    key = _cache_key(exp, kind, indices, recipe)
+    path = Path(exp.cfg.cache_dir) / f"{kind}-{key}.safetensors"
+    model = exp.new_model()
+    if use_cache and path.is_file():
+        load_weights(model, path)
+        info = {k: _num(v) for k, v in read_metadata(path).items()}
+        info["cache_hit"] = True
+        log.info("%s model from cache %s", kind, path)
+        return model, info
+    seed_everything(exp.cfg.seed)
+    data = IndexedDataset(exp.bundle.train, indices)
+    loader = exp.task.loader(data, recipe.batch_size, True, exp.cfg.seed)
+    start = time.perf_counter()
+    fit(
+        model,
+        lambda e: [(loader, exp.task.loss)],
+        recipe_optim(recipe),
+        None,
+        exp.task.progress,
+        f"train {kind}",
+    )
+    seconds = time.perf_counter() - start
+    train_acc = predict(model, data, exp.task, exp.cfg.eval.batch_size).accuracy
+    info = {"seconds": round(seconds, 3), "train_acc": train_acc, "cache_key": key}
+    if use_cache:
+        save_weights(model, path, {k: str(v) for k, v in info.items()})
+    info["cache_hit"] = False
+    log.info("%s model trained in %.1fs, train accuracy %.2f%%", kind, seconds, train_acc)
+    return model, info
+
+
+def _num(v: str) -> Any:
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def save_weights(
+    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    save_tensors(path, model.state_dict(), metadata)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load safetensors weights; a missing file or a mismatch is a one-line SalunError."""
+    path = Path(path)
+    if not path.is_file():
+        raise SalunError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = load_tensors(path)
+    except Exception as e:
+        raise SalunError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from e
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or extra or bad:
+        raise SalunError(
+            f"checkpoint {str(path)!r} does not match the model: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, wrong shape {bad[:3]}"
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def method_uses_mask(cfg: Config) -> bool:
+    method = get_method(cfg.unlearn.method, **cfg.unlearn.params)
+    if cfg.unlearn.use_mask is not None:
+        return bool(cfg.unlearn.use_mask)
+    return bool(getattr(method, "uses_mask", False))
+
+
+def unlearn_once(
+    exp: Experiment,
+    original: nn.Module,
+    method_name: str,
+    params: dict[str, Any] | None = None,
+    mask: SaliencyMask | None | bool = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Copy ``original``, compute the mask (when ``mask is True``), unlearn; time both.
+
+    Retrain is the exception: it trains a fresh model with the retrain recipe (cached).
+    """
+    if method_name == "retrain":
+        model, info = train_model(exp, "retrain")
+        return model, {"rte_seconds": info.get("seconds"), "mask_seconds": 0.0, "retrain": info}
+    method = get_method(method_name, **(params or {}))
+    model = copy.deepcopy(original)
+    seed_everything(exp.cfg.seed)
+    mask_seconds = 0.0
+    start = time.perf_counter()
+    if mask is True:
+        m = exp.cfg.mask
+        mask = compute_saliency_mask(
+            model, exp.forget, exp.task, m.ratio, m.per_layer, m.batch_size, exp.split.hash
+        )
+        mask_seconds = time.perf_counter() - start
+    elif mask is False:
+        mask = None
+    data = UnlearnData(forget=exp.forget, retain=exp.retain, seed=exp.cfg.seed)
+    model = method.unlearn(model, data, exp.task, mask=mask)
+    total = time.perf_counter() - start
+    return model, {
+        "method": method_name,
+        "params": method_params(method),
+        "mask": None if mask is None else {**mask.meta, "fraction": mask.fraction},
+        "mask_seconds": round(mask_seconds, 4),
+        "rte_seconds": round(total, 4),
+        "_mask_obj": mask,
+    }
+
+
+def evaluate(exp: Experiment, model: nn.Module) -> dict[str, Any]:
+    seed = exp.cfg.seed if exp.cfg.eval.mia_seed is None else exp.cfg.eval.mia_seed
+    return evaluate_classifier(
+        model, exp.forget, exp.retain, exp.test, exp.task, seed, exp.cfg.eval.batch_size
+    )
+
+
+@contextmanager
+def run_log(out: Path):
+    """Copy the library's log records into ``out/log.txt`` for the duration of a run."""
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("salun")
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+def versions() -> dict[str, str]:
+    import sklearn
+
+    import salun
+
+    return {"salun": salun.__version__, "torch": torch.__version__, "sklearn": sklearn.__version__}
+
+
+def run_unlearn(
+    cfg: Config,
+    out: str | Path,
+    model_path: str | Path | None = None,
+    mask_path: str | Path | None = None,
+    split_path: str | Path | None = None,
+    compare: bool = True,
+) -> dict[str, Any]:
+    """The full pipeline for one method; writes a run folder and returns its metrics."""
+    out = Path(out)
+    exp = prepare(cfg, split_path)
+    # Check inputs before anything is written.
+    if model_path is not None:
+        original = load_weights(exp.new_model(), model_path)
+        orig_info: dict[str, Any] = {"checkpoint": str(model_path)}
+    else:
+        original = None
+    mask: SaliencyMask | bool | None = None
+    if mask_path is not None:
+        mask = SaliencyMask.load(mask_path, exp.new_model())
+    elif cfg.unlearn.method != "retrain":
+        mask = method_uses_mask(cfg)
+    with run_log(out):
+        save_config(cfg, out / "config.yaml")
+        exp.split.save(out / "split.json")
+        if original is None:
+            original, orig_info = train_model(exp, "original")
+        model, info = unlearn_once(exp, original, cfg.unlearn.method, cfg.unlearn.params, mask)
+        mask_obj = info.pop("_mask_obj", None)
+        if mask_obj is not None:
+            mask_obj.save(out / "mask.safetensors")
+        save_weights(model, out / "model.safetensors")
+        result: dict[str, Any] = {
+            "method": cfg.unlearn.method,
+            "scenario": cfg.data.scenario,
+            "dataset": cfg.data.name,
+            "seed": cfg.seed,
+            "split_hash": exp.split.hash,
+            "run": info,
+            "metrics": evaluate(exp, model),
+            "original": {"info": orig_info},
+            "versions": versions(),
+        }
+        if compare:
+            result["original"]["metrics"] = evaluate(exp, original)
+            retrain, rinfo = train_model(exp, "retrain")
+            result["retrain"] = {"info": rinfo, "metrics": evaluate(exp, retrain)}
+            result["gap"] = avg_gap(result["metrics"], result["retrain"]["metrics"])
+        write_json(out / "metrics.json", result)
+    return result
