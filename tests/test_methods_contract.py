@@ -68,7 +68,7 @@ def test_same_seed_same_weights(name, digits_class):
     exp, original, _ = digits_class
     a = get_method(name, **FAST).unlearn(copy.deepcopy(original), _data(exp, 3), exp.task)
     b = get_method(name, **FAST).unlearn(copy.deepcopy(original), _data(exp, 3), exp.task)
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
 
 

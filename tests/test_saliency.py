@@ -141,3 +141,26 @@ def test_gradient_masking_alone_is_not_enough():
     assert not torch.equal(model.weight, before)  # gradient was zero, yet the weight moved
     guard.after_step()
     assert torch.equal(model.weight, before)
+
+
+def test_channels_last_scores_with_ties():
+    """Conv weights in channels_last layout (as the demo uses) and many tied zeros."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(8, 4, 3, 3, generator=g)
+    w[:, :2] = 0  # dead weights: exact ties at zero
+    w_cl = w.contiguous(memory_format=torch.channels_last)
+    k = int(0.6 * w.numel())  # forces tie filling at zero
+    (m_cl,) = top_k_mask([w_cl], k)
+    (m,) = top_k_mask([w], k)
+    assert int(m_cl.sum()) == k and torch.equal(m_cl, m)
+
+
+def test_saliency_independent_of_batching(digits_class, original):
+    """Size-weighted batch gradients: the score does not depend on the batch size."""
+    from salun.saliency import gradient_saliency
+
+    exp, _, _ = digits_class
+    a, _ = gradient_saliency(original, exp.task.loader(exp.forget, 7, False), exp.task, False)
+    b, _ = gradient_saliency(original, exp.task.loader(exp.forget, 64, False), exp.task, False)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-7)

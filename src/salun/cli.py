@@ -257,18 +257,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger("salun").setLevel(logging.INFO)
-    out = getattr(args, "out", None)
+    out: str | None = getattr(args, "out", None)
     fresh = out is not None and not Path(out).exists()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except SalunError as e:
-        if fresh and Path(out).exists():
+        if fresh and out is not None:
             shutil.rmtree(out, ignore_errors=True)
         print(f"salun: error: {e}", file=sys.stderr)
         return 2
     except BaseException:
-        if fresh and Path(out).exists():
+        if fresh and out is not None:
             shutil.rmtree(out, ignore_errors=True)
         raise
 

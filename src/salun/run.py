@@ -87,7 +87,7 @@ class Experiment:
             std=std,
         )
         if m.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return model.to(self.task.device)
 
 

@@ -6,7 +6,8 @@ Image Classification and Generation", ICLR 2024 (arXiv 2310.12508), eq. 6-7:
 with gamma chosen so that the top ``ratio`` of all parameters (ranked globally, as in the
 authors' code) is salient. Per-layer ranking is an option.
 
-The threshold is a k-th value (``torch.kthvalue``), not a full sort; ties at the threshold are
+The threshold is a k-th value found through a histogram and a small ``torch.kthvalue``, never
+a full sort; ties at the threshold are
 broken by parameter order so the mask holds exactly ``round(ratio * N)`` weights. Masks are
 stored as bool tensors in safetensors with metadata (ratio, loss, data hash, model hash).
 
@@ -48,7 +49,7 @@ class SaliencyMask:
 
     @property
     def selected(self) -> int:
-        return int(sum(int(m.sum()) for m in self.masks.values()))
+        return sum(int(torch.count_nonzero(m)) for m in self.masks.values())
 
     @property
     def fraction(self) -> float:
@@ -93,60 +94,88 @@ class SaliencyMask:
                 )
 
 
+def kth_largest(scores: list[torch.Tensor], k: int, bins: int = 4096) -> torch.Tensor:
+    """The ``k``-th largest value over several tensors, without concatenating or sorting them.
+
+    A histogram over the common range narrows the value to a few bins; exact counts by
+    comparison confirm the bracket [a, b] (count(> b) < k <= count(>= a)); a k-th value over the
+    few candidates inside it gives the answer. Falls back to all values if the bracket fails.
+    Extra memory is one bool per weight plus the candidates, instead of sorted copies.
+    """
+    lo = min(float(s.min()) for s in scores)
+    hi = max(float(s.max()) for s in scores)
+    a, b = lo, hi
+    if hi > lo:
+        hist = sum(torch.histc(s.float(), bins=bins, min=lo, max=hi) for s in scores)
+        at_or_above = hist.flip(0).cumsum(0).flip(0)  # count in bins >= i
+        i = int(torch.nonzero(at_or_above >= k).max())
+        width = (hi - lo) / bins
+        a, b = lo + (i - 1) * width, lo + (i + 2) * width  # one spare bin each side
+    n_above = sum(int(torch.count_nonzero(s > b)) for s in scores)
+    if not n_above < k <= sum(int(torch.count_nonzero(s >= a)) for s in scores):
+        a, b, n_above = lo, hi, 0
+    cand = torch.cat([s[(s >= a) & (s <= b)].float().reshape(-1) for s in scores])
+    return torch.kthvalue(cand, cand.numel() - (k - n_above) + 1).values
+
+
 def top_k_mask(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     """Bool masks selecting exactly the ``k`` largest entries across ``scores``.
 
-    Uses one k-th value over the concatenation; ties at the threshold are filled in
-    parameter order (deterministic).
+    Threshold = the k-th largest value (:func:`kth_largest`); ties at the threshold are
+    filled in parameter order, so the count is exact and the result deterministic.
     """
     n = sum(s.numel() for s in scores)
     if k <= 0:
         return [torch.zeros_like(s, dtype=torch.bool) for s in scores]
     if k >= n:
         return [torch.ones_like(s, dtype=torch.bool) for s in scores]
-    flat = torch.cat([s.reshape(-1).float() for s in scores])
-    threshold = torch.kthvalue(flat, n - k + 1).values  # the k-th largest value
-    above = flat > threshold
-    need = k - int(above.sum())
-    if need > 0:
-        ties = torch.nonzero(flat == threshold).squeeze(1)[:need]
-        above[ties] = True
-    del flat
-    out, start = [], 0
-    for s in scores:
-        out.append(above[start : start + s.numel()].view_as(s))
-        start += s.numel()
-    return out
+    threshold = kth_largest(scores, k)
+    scores = [s.contiguous() for s in scores]  # e.g. channels_last weights: index in logical order
+    masks = [s > threshold for s in scores]
+    need = k - sum(int(torch.count_nonzero(m)) for m in masks)
+    for s, m in zip(scores, masks, strict=True):
+        if need <= 0:
+            break
+        ties = torch.nonzero((s == threshold).reshape(-1)).squeeze(1)[:need]
+        m.view(-1)[ties] = True
+        need -= ties.numel()
+    return masks
 
 
 def gradient_saliency(
     model: nn.Module, loader, task, progress: bool = True, desc: str = "saliency"
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """|sum over batches of grad of ``task.forget_loss``| at the current weights, in eval mode.
+    """|grad of the mean forgetting loss over D_f| at the current weights, in eval mode.
 
-    Under torch.distributed the per-rank sums are all-reduced first, so every rank gets the
-    single-process result. Returns the absolute gradients and the mean forgetting loss.
+    Each batch's (mean) loss gradient is weighted by its size, so the result is the gradient of
+    the mean over all forget samples whatever the batching (the reference sums per-batch means,
+    which equals this up to scale when all batches are full). Under torch.distributed the
+    per-rank sums and counts are all-reduced, so every rank gets the single-process result.
+    Returns the absolute gradients and the mean forgetting loss.
     """
     was_training = model.training
     model.eval()  # BatchNorm uses its running statistics, as in the paper
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     grads = {n: torch.zeros_like(p) for n, p in params.items()}
-    total, batches = 0.0, 0
+    stats = torch.zeros(2, dtype=torch.float64)  # [sum of loss * batch size, samples]
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        size = len(batch[1])
         model.zero_grad(set_to_none=True)
         loss = task.forget_loss(model, batch)
-        loss.backward()
+        (loss * size).backward()
         for n, p in params.items():
             if p.grad is not None:
                 grads[n] += p.grad
-        total += float(loss.detach())
-        batches += 1
+        stats[0] += float(loss.detach()) * size
+        stats[1] += size
     model.zero_grad(set_to_none=True)
     if dist.is_available() and dist.is_initialized():
         for g in grads.values():
             dist.all_reduce(g)
+        dist.all_reduce(stats)
+    n = max(float(stats[1]), 1.0)
     model.train(was_training)
-    return {n: g.abs() for n, g in grads.items()}, total / max(batches, 1)
+    return {name: g.abs() / n for name, g in grads.items()}, float(stats[0]) / n
 
 
 def threshold_saliency(
@@ -163,7 +192,7 @@ def threshold_saliency(
         }
     total = sum(s.numel() for s in scores.values())
     masks = top_k_mask([scores[n] for n in names], int(round(ratio * total)))
-    return {n: m.cpu() for n, m in zip(names, masks)}
+    return {n: m.cpu() for n, m in zip(names, masks, strict=True)}
 
 
 def compute_saliency_mask(
@@ -188,7 +217,14 @@ def compute_saliency_mask(
     """
     if not 0 < ratio <= 1:
         raise SalunError(f"mask ratio must be in (0, 1], got {ratio!r}")
-    loader = forget if hasattr(forget, "batch_size") else task.loader(forget, batch_size, False)
+    if hasattr(forget, "batch_size"):
+        loader = forget
+    else:
+        if dist.is_available() and dist.is_initialized():
+            # each rank takes every world-th sample; the gradient sums are all-reduced below
+            rank, world = dist.get_rank(), dist.get_world_size()
+            forget = torch.utils.data.Subset(forget, range(rank, len(forget), world))
+        loader = task.loader(forget, batch_size, False)
     if len(loader.dataset) == 0:
         raise SalunError("the forget set is empty: nothing to compute saliency on")
     start = time.perf_counter()

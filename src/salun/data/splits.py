@@ -101,7 +101,7 @@ def _stratified_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> 
         take[i] += 1
     picked = [
         rng.choice(np.flatnonzero(labels == c), size=t, replace=False)
-        for c, t in zip(classes, take)
+        for c, t in zip(classes, take, strict=True)
     ]
     return np.sort(np.concatenate(picked))
 

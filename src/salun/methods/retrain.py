@@ -21,8 +21,9 @@ from salun.registry import METHODS
 def reinitialise(model: torch.nn.Module, seed: int) -> None:
     torch.manual_seed(seed)
     for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
 
