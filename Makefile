@@ -26,7 +26,7 @@ fmnist:
 demo: $(STAMP) fmnist
 	$(BIN)/salun demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) fmnist
 	$(BIN)/python -m pytest -m "not slow"
 
 test-slow: $(STAMP) fmnist

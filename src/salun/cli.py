@@ -1,4 +1,4 @@
-"""Command line: ``salun train | mask | unlearn | eval | list | config | demo``.
+"""Command line: ``salun train | mask | unlearn | eval | bench | report | list | config | demo``.
 
 Bad input exits with code 2 and one line on stderr; a run folder this command created is
 removed again when it fails, so no partial results are left behind.
@@ -183,6 +183,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from salun.bench import build_report, run_bench
+
+    cfg = _config(args)
+    counts = run_bench(
+        cfg, args.out, cache_dir=args.cache, progress=not args.no_progress, timeout=args.timeout
+    )
+    print(
+        f"bench {args.out}: {counts['done']} run, {counts['skipped']} already done, "
+        f"{counts['failed']} failed"
+    )
+    report = build_report(args.out)
+    print(f"report: {Path(args.out) / 'report.md'} ({report['runs']} runs)")
+    return 0 if counts["failed"] == 0 else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from salun.bench import build_report
+
+    build_report(args.folder, plots=not args.no_plots)
+    print((Path(args.folder) / "report.md").read_text(encoding="utf-8"), end="")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument(
         "items",
@@ -225,6 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("bench", help="run a grid of methods x scenarios x seeds (resumable)")
+    p.add_argument("items", nargs="*", metavar="PRESET|key=value")
+    p.add_argument("--out", required=True, help="bench folder (reruns skip finished runs)")
+    p.add_argument("--cache", help="model cache shared across benches (default: OUT/cache)")
+    p.add_argument("--timeout", type=float, help="seconds allowed per run")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="tables and plots from a bench folder")
+    p.add_argument("folder")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("list", help="list methods, models, datasets or presets")
     p.add_argument("what", nargs="?", default="all")
     p.set_defaults(func=cmd_list)
@@ -258,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().addHandler(handler)
     logging.getLogger("salun").setLevel(logging.INFO)
     out: str | None = getattr(args, "out", None)
-    fresh = out is not None and not Path(out).exists()
+    # A folder this command created is removed when the input was bad; bench folders are kept
+    # (they are resumable), and so are folders of crashed runs (their log helps).
+    fresh = out is not None and args.command != "bench" and not Path(out).exists()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -267,10 +306,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(out, ignore_errors=True)
         print(f"salun: error: {e}", file=sys.stderr)
         return 2
-    except BaseException:
-        if fresh and out is not None:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
 
 
 if __name__ == "__main__":

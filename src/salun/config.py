@@ -83,6 +83,17 @@ class EvalConfig:
 
 
 @dataclass
+class BenchConfig:
+    """A study grid: scenarios x seeds x methods (list-valued method parameters expand)."""
+
+    seeds: list[int] = field(default_factory=lambda: [0])
+    # scenario name -> overrides of this config (dotted keys, e.g. {"data.forget_ratio": 0.5})
+    scenarios: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
+    # label -> method parameters; optional keys "method" (default: the label) and "use_mask"
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"
@@ -96,6 +107,7 @@ class Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig | None = None
 
     @property
     def retrain_recipe(self) -> TrainConfig:
@@ -142,6 +154,7 @@ _NESTED = {
     "mask": MaskConfig,
     "unlearn": UnlearnConfig,
     "eval": EvalConfig,
+    "bench": BenchConfig,
 }
 
 
@@ -261,4 +274,8 @@ def validate(cfg: Config) -> Config:
         k: list(v) if isinstance(v, tuple) else v
         for k, v in ((k, getattr(method, k)) for k in cfg.unlearn.params)
     }
+    if cfg.bench is not None:
+        from salun.bench.grid import expand_grid
+
+        expand_grid(cfg)  # every run of the grid must be valid before any starts
     return cfg

@@ -106,7 +106,9 @@ def kth_largest(scores: list[torch.Tensor], k: int, bins: int = 4096) -> torch.T
     hi = max(float(s.max()) for s in scores)
     a, b = lo, hi
     if hi > lo:
-        hist = sum(torch.histc(s.float(), bins=bins, min=lo, max=hi) for s in scores)
+        hist = torch.stack([torch.histc(s.float(), bins=bins, min=lo, max=hi) for s in scores]).sum(
+            0
+        )
         at_or_above = hist.flip(0).cumsum(0).flip(0)  # count in bins >= i
         i = int(torch.nonzero(at_or_above >= k).max())
         width = (hi - lo) / bins
@@ -173,9 +175,9 @@ def gradient_saliency(
         for g in grads.values():
             dist.all_reduce(g)
         dist.all_reduce(stats)
-    n = max(float(stats[1]), 1.0)
+    count = max(float(stats[1]), 1.0)
     model.train(was_training)
-    return {name: g.abs() / n for name, g in grads.items()}, float(stats[0]) / n
+    return {name: g.abs() / count for name, g in grads.items()}, float(stats[0]) / count
 
 
 def threshold_saliency(

@@ -1,0 +1,249 @@
+"""Aggregate a bench folder into tables (Markdown, CSV, JSON) and plots (PNG).
+
+Every number is recomputed from the run folders' ``metrics.json``. For each scenario and method:
+UA, MIA-Efficacy, RA, TA and RTE as mean +- std (sample std, ddof = 1) with a 95 % confidence
+interval (Student t, n - 1 degrees of freedom); the per-seed gap |method - Retrain| per metric
+and the Avg. Gap (mean of the four gaps) likewise; the run-time ratio RTE / Retrain's training
+time. Failed runs are listed with their one-line error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from salun.errors import SalunError
+from salun.eval.classification import DEFINITIONS, EVAL_VERSION, METRICS
+from salun.io import save_figure, write_json, write_text
+
+GAP_KEYS = (*METRICS, "Avg. Gap")
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    """Mean, sample std and the 95 % CI half-width (Student t) of ``values``."""
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    n = len(arr)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "ci95": math.nan}
+    std = float(arr.std(ddof=1)) if n > 1 else math.nan
+    ci = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
+    return {"n": n, "mean": float(arr.mean()), "std": std, "ci95": ci}
+
+
+def collect(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Finished runs (metrics.json) and failed ones (error.json, no metrics.json)."""
+    done, failed = [], []
+    for run_json in sorted(folder.glob("*/seed*/*/run.json")):
+        run_dir = run_json.parent
+        if (run_dir / "metrics.json").is_file():
+            done.append(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))
+        elif (run_dir / "error.json").is_file():
+            spec = json.loads(run_json.read_text(encoding="utf-8"))
+            err = json.loads((run_dir / "error.json").read_text(encoding="utf-8"))
+            failed.append({"name": spec["name"], "error": err.get("error", "?")})
+        else:
+            spec = json.loads(run_json.read_text(encoding="utf-8"))
+            failed.append({"name": spec["name"], "error": "not finished (interrupted?)"})
+    return done, failed
+
+
+def aggregate(done: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Scenario -> rows (one per method label), Retrain first, the original second."""
+    retrain = {(r["scenario"], r["seed"]): r for r in done if r["kind"] == "retrain"}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in done:
+        groups[(r["scenario"], r["label"])].append(r)
+    order = {"retrain": 0, "original": 1}
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (scenario, label), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 2), kv[0][1])
+    ):
+        row: dict[str, Any] = {
+            "label": label,
+            "method": runs[0]["method"] or runs[0]["kind"],
+            "kind": runs[0]["kind"],
+            "seeds": sorted(r["seed"] for r in runs),
+        }
+        for m in METRICS:
+            row[m] = summarise([r["metrics"][m] for r in runs])
+        row["RTE"] = summarise([r["run"].get("rte_seconds") or 0.0 for r in runs])
+        per_seed_gaps: dict[str, list[float]] = defaultdict(list)
+        ratios = []
+        for r in runs:
+            ref = retrain.get((scenario, r["seed"]))
+            if ref is None:
+                continue
+            gaps = [abs(r["metrics"][m] - ref["metrics"][m]) for m in METRICS]
+            for m, g in zip(METRICS, gaps, strict=True):
+                per_seed_gaps[m].append(g)
+            per_seed_gaps["Avg. Gap"].append(sum(gaps) / len(gaps))
+            ref_time = ref["run"].get("rte_seconds") or 0.0
+            if ref_time > 0:
+                ratios.append((r["run"].get("rte_seconds") or 0.0) / ref_time)
+        row["gap"] = {k: summarise(per_seed_gaps[k]) for k in GAP_KEYS}
+        row["time_ratio"] = summarise(ratios)
+        row["original_train_acc"] = summarise([r["original_train_acc"] for r in runs])
+        out[scenario].append(row)
+    return dict(out)
+
+
+def _pm(s: dict[str, float], digits: int = 2) -> str:
+    if s["n"] == 0 or math.isnan(s["mean"]):
+        return "-"
+    if s["n"] == 1 or math.isnan(s["std"]):
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def _ci(s: dict[str, float], digits: int = 2) -> str:
+    if s["n"] < 2:
+        return "-"
+    return f"[{s['mean'] - s['ci95']:.{digits}f}, {s['mean'] + s['ci95']:.{digits}f}]"
+
+
+def markdown(
+    table: dict[str, list[dict[str, Any]]], failed: list[dict[str, Any]], title: str
+) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        "Mean ± std over seeds; gaps are |method - Retrain| per seed, then averaged; "
+        "CI = 95 % Student-t interval of the Avg. Gap. RTE in seconds (Retrain: its "
+        "training time); time ratio = RTE / Retrain's RTE.",
+        "",
+    ]
+    for scenario, rows in table.items():
+        acc = rows[0]["original_train_acc"]
+        lines += [
+            f"## {scenario}",
+            "",
+            f"Original model's training accuracy: {_pm(acc)} % (seeds {rows[0]['seeds']}).",
+            "",
+            "| method | n | UA | MIA-Efficacy | RA | TA | Avg. Gap | Avg. Gap 95% CI | RTE (s) | time / Retrain |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            cells = [f"{_pm(r[m])} ({_pm(r['gap'][m])})" for m in METRICS]
+            lines.append(
+                f"| {r['label']} | {r['UA']['n']} | "
+                + " | ".join(cells)
+                + f" | {_pm(r['gap']['Avg. Gap'])} | {_ci(r['gap']['Avg. Gap'])} | {_pm(r['RTE'])} "
+                f"| {_pm(r['time_ratio'], 3)} |"
+            )
+        lines.append("")
+    if failed:
+        lines += ["## Failed runs", ""] + [f"- `{f['name']}`: {f['error']}" for f in failed] + [""]
+    lines += [f"## Definitions ({EVAL_VERSION})", ""] + [
+        f"- **{k}**: {v}" for k, v in DEFINITIONS.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: dict[str, list[dict[str, Any]]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    header = ["scenario", "method", "n"]
+    for m in (*METRICS, "RTE"):
+        header += [f"{m} mean", f"{m} std", f"{m} ci95"]
+    for m in GAP_KEYS:
+        header += [f"gap {m} mean", f"gap {m} std", f"gap {m} ci95"]
+    header += ["time ratio mean", "original train acc"]
+    w.writerow(header)
+    for scenario, rows in table.items():
+        for r in rows:
+            line = [scenario, r["label"], r["UA"]["n"]]
+            for m in (*METRICS, "RTE"):
+                line += [r[m]["mean"], r[m]["std"], r[m]["ci95"]]
+            for m in GAP_KEYS:
+                line += [r["gap"][m]["mean"], r["gap"][m]["std"], r["gap"][m]["ci95"]]
+            line += [r["time_ratio"]["mean"], r["original_train_acc"]["mean"]]
+            w.writerow(line)
+    return buf.getvalue()
+
+
+def _save(fig: Any, path: Path) -> None:
+    save_figure(path, lambda p: fig.savefig(p, format="png"))
+
+
+def _plots(table: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for scenario, rows in table.items():
+        rows_m = [r for r in rows if r["kind"] != "retrain"]
+        fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(rows_m), 3.4), dpi=110)
+        means = [r["gap"]["Avg. Gap"]["mean"] for r in rows_m]
+        errs = [
+            0 if math.isnan(r["gap"]["Avg. Gap"]["std"]) else r["gap"]["Avg. Gap"]["std"]
+            for r in rows_m
+        ]
+        ax.bar(range(len(rows_m)), means, yerr=errs, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(rows_m)), [r["label"] for r in rows_m], rotation=25, ha="right")
+        ax.set_ylabel("Avg. Gap to Retrain (points)")
+        ax.set_title(f"{scenario}: Avg. Gap (mean ± std over seeds)", fontsize=9)
+        fig.tight_layout()
+        name = f"gaps_{scenario}.png"
+        _save(fig, out / name)
+        plt.close(fig)
+        files.append(name)
+
+        fig, ax = plt.subplots(figsize=(4.6, 3.8), dpi=110)
+        for r in rows:
+            ua, ta = r["UA"], r["TA"]
+            ax.errorbar(
+                ta["mean"],
+                ua["mean"],
+                xerr=0 if math.isnan(ta["std"]) else ta["std"],
+                yerr=0 if math.isnan(ua["std"]) else ua["std"],
+                fmt="*" if r["kind"] == "retrain" else "o",
+                capsize=2,
+                label=r["label"],
+            )
+        ax.set_xlabel("TA (%)  - utility")
+        ax.set_ylabel("UA (%)  - forgetting")
+        ax.set_title(f"{scenario}: forgetting vs utility", fontsize=9)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        name = f"scatter_{scenario}.png"
+        _save(fig, out / name)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def build_report(folder: str | Path, plots: bool = True) -> dict[str, Any]:
+    """Write report.md, report.csv, report.json (and PNG plots) into ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SalunError(f"bench folder {str(folder)!r} does not exist")
+    done, failed = collect(folder)
+    if not done and not failed:
+        raise SalunError(
+            f"no runs under {str(folder)!r}: run 'salun bench PRESET --out {folder}' first"
+        )
+    table = aggregate(done)
+    title = f"Benchmark report: {folder.name}"
+    write_text(folder / "report.md", markdown(table, failed, title))
+    write_text(folder / "report.csv", to_csv(table))
+    payload = {
+        "scenarios": table,
+        "failed": failed,
+        "runs": len(done),
+        "definitions": DEFINITIONS,
+        "evaluator_version": EVAL_VERSION,
+    }
+    write_json(folder / "report.json", payload)
+    if plots and table:
+        payload["plots"] = _plots(table, folder)
+    return payload

@@ -1,0 +1,89 @@
+"""Execute one bench run folder (``config.yaml`` + ``run.json``) and write ``metrics.json``.
+
+Invoked by the runner as ``python -m salun.bench.worker RUN_DIR``, one process per run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from salun.config import load_config
+from salun.errors import SalunError
+from salun.eval.classification import DEFINITIONS, EVAL_VERSION
+from salun.io import read_json, write_json
+
+
+def _record(folder: Path, line: str) -> None:
+    """Append to the bench's executions log (one line per event, for audits and tests)."""
+    with open(folder.parents[2] / "executions.log", "a", encoding="utf-8") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+
+
+def execute(folder: Path) -> dict[str, Any]:
+    from salun.run import evaluate, prepare, run_log, train_model, unlearn_once, versions
+
+    spec = read_json(folder / "run.json")
+    cfg = load_config(str(folder / "config.yaml"))
+    exp = prepare(cfg)
+    _record(folder, f"start {spec['name']}")
+    with run_log(folder):
+        exp.split.save(folder / "split.json")
+        original, orig_info = train_model(exp, "original")
+        if not orig_info["cache_hit"]:
+            _record(folder, f"trained original {orig_info['cache_key']}")
+        run: dict[str, Any]
+        if spec["kind"] == "original":
+            model, run = original, {"rte_seconds": 0.0, "mask_seconds": 0.0}
+        elif spec["kind"] == "retrain":
+            model, info = train_model(exp, "retrain")
+            if not info["cache_hit"]:
+                _record(folder, f"trained retrain {info['cache_key']}")
+            run = {"rte_seconds": info["seconds"], "mask_seconds": 0.0, "retrain": info}
+        else:
+            from salun.run import method_uses_mask
+
+            model, run = unlearn_once(
+                exp, original, spec["method"], spec["params"], mask=method_uses_mask(cfg)
+            )
+            run.pop("_mask_obj", None)
+        metrics = evaluate(exp, model)
+    result = {
+        **{k: spec[k] for k in ("name", "scenario", "seed", "kind", "label", "method")},
+        "params": spec.get("params", {}),
+        "dataset": cfg.data.name,
+        "split_hash": exp.split.hash,
+        "original_train_acc": orig_info["train_acc"],
+        "run": run,
+        "metrics": {k: metrics[k] for k in ("UA", "MIA-Efficacy", "RA", "TA")},
+        "evaluation": {k: metrics[k] for k in ("sizes", "mia", "evaluator")},
+        "definitions": DEFINITIONS,
+        "evaluator_version": EVAL_VERSION,
+        "versions": versions(),
+    }
+    write_json(folder / "metrics.json", result)
+    _record(folder, f"done {spec['name']}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    folder = Path(args[0])
+    try:
+        execute(folder)
+    except SalunError as e:
+        write_json(folder / "error.json", {"error": str(e)})
+        return 2
+    except Exception as e:  # the sweep goes on; the report lists this run with its error
+        last = traceback.format_exception_only(type(e), e)[-1].strip()
+        write_json(folder / "error.json", {"error": last.splitlines()[0]})
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
