@@ -10,7 +10,17 @@ from salun.errors import SalunError
 from salun.methods import UnlearnData, get_method, list_methods
 from salun.saliency import SaliencyMask
 
-FAST = {"epochs": 1, "batch_size": 64}
+FAST_ALL = {"epochs": 1, "batch_size": 64}
+
+
+def fast(name, **extra):
+    """Short settings, limited to the fields the method has (training-free methods have none)."""
+    import dataclasses
+
+    from salun.registry import METHODS
+
+    fields = {f.name for f in dataclasses.fields(METHODS.get(name))}
+    return {k: v for k, v in {**FAST_ALL, **extra}.items() if k in fields}
 
 
 def _data(exp, seed=0):
@@ -32,20 +42,28 @@ def test_registry_has_the_core_methods():
 def test_one_epoch_runs_and_changes_weights(name, digits_class, original):
     exp, _, _ = digits_class
     before = copy.deepcopy(original.state_dict())
-    model = get_method(name, **FAST).unlearn(original, _data(exp), exp.task)
+    model = get_method(name, **fast(name)).unlearn(original, _data(exp), exp.task)
     assert not model.training
     changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert changed
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-@pytest.mark.parametrize("name", [m for m in list_methods() if m != "retrain"])
+def _accepts_mask(name):
+    from salun.registry import METHODS
+
+    return getattr(METHODS.get(name)(), "accepts_mask", True)
+
+
+@pytest.mark.parametrize("name", [m for m in list_methods() if _accepts_mask(m)])
 def test_non_salient_weights_bit_identical(name, optimizer, digits_class, original):
     exp, _, _ = digits_class
     mask = _random_mask(original)
     before = {n: p.detach().clone() for n, p in original.named_parameters()}
     lr = 1e-3 if optimizer != "sgd" else 0.05
-    method = get_method(name, **FAST, optimizer=optimizer, lr=lr, weight_decay=0.01, momentum=0.9)
+    method = get_method(
+        name, **fast(name, optimizer=optimizer, lr=lr, weight_decay=0.01, momentum=0.9)
+    )
     model = method.unlearn(original, _data(exp), exp.task, mask=mask)
     moved = 0
     for n, p in model.named_parameters():
@@ -58,7 +76,7 @@ def test_non_salient_weights_bit_identical(name, optimizer, digits_class, origin
 def test_retrain_refuses_a_mask(digits_class, original):
     exp, _, _ = digits_class
     with pytest.raises(SalunError, match="takes no mask"):
-        get_method("retrain", **FAST).unlearn(
+        get_method("retrain", **fast("retrain")).unlearn(
             original, _data(exp), exp.task, mask=_random_mask(original)
         )
 
@@ -66,8 +84,8 @@ def test_retrain_refuses_a_mask(digits_class, original):
 @pytest.mark.parametrize("name", list_methods())
 def test_same_seed_same_weights(name, digits_class):
     exp, original, _ = digits_class
-    a = get_method(name, **FAST).unlearn(copy.deepcopy(original), _data(exp, 3), exp.task)
-    b = get_method(name, **FAST).unlearn(copy.deepcopy(original), _data(exp, 3), exp.task)
+    a = get_method(name, **fast(name)).unlearn(copy.deepcopy(original), _data(exp, 3), exp.task)
+    b = get_method(name, **fast(name)).unlearn(copy.deepcopy(original), _data(exp, 3), exp.task)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
 
@@ -87,4 +105,6 @@ def test_empty_forget_set_is_an_error(digits_class, original):
     exp, _, _ = digits_class
     empty = torch.utils.data.Subset(exp.forget, [])
     with pytest.raises(SalunError, match="forget set is empty"):
-        get_method("salun", **FAST).unlearn(original, UnlearnData(empty, exp.retain), exp.task)
+        get_method("salun", **fast("salun")).unlearn(
+            original, UnlearnData(empty, exp.retain), exp.task
+        )

@@ -74,7 +74,16 @@ def require_nonempty(data: UnlearnData, forget: bool = True, retain: bool = True
         raise SalunError("the retain set is empty")
 
 
-# Import the method modules so that they register themselves.
-from salun.methods import ft, ga, l1_sparse, retrain, rl, salun  # noqa: E402,F401
+def _import_all() -> None:
+    """Import every module of this package so that each method registers itself."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_all()
 
 __all__ = ["UnlearnData", "get_method", "list_methods", "method_params"]
