@@ -48,13 +48,13 @@ def test_one_epoch_runs_and_changes_weights(name, digits_class, original):
     assert changed
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def _accepts_mask(name):
     from salun.registry import METHODS
 
     return getattr(METHODS.get(name)(), "accepts_mask", True)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 @pytest.mark.parametrize("name", [m for m in list_methods() if _accepts_mask(m)])
 def test_non_salient_weights_bit_identical(name, optimizer, digits_class, original):
     exp, _, _ = digits_class
