@@ -131,3 +131,32 @@ def test_failed_runs_are_listed(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Failed runs" in report
     assert "forget_class 99 is out of range" in report
+
+
+def test_tune_selects_on_unreported_seeds(tmp_path, capsys):
+    import yaml
+
+    out = tmp_path / "tune"
+    rc = main(
+        [
+            "tune",
+            "digits-random10",
+            "bench.methods={salun: {epochs: 1, lr: [0.001, 0.02]}}",
+            "--seeds",
+            "100",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    tuning = json.loads((out / "tuning.json").read_text())
+    trials = tuning["trials"]["salun"]
+    assert len(trials) == 2 and trials[0]["avg_gap"] <= trials[1]["avg_gap"]
+    selected = yaml.safe_load((out / "selected.yaml").read_text())
+    assert selected["bench"]["methods"]["salun"]["lr"] == trials[0]["params"]["lr"]
+    assert selected["bench"]["seeds"] == [0, 1]  # reporting seeds untouched
+    assert all("/seed100/" in p.as_posix() for p in out.glob("*/seed*/*/metrics.json"))
+    load_config(str(out / "selected.yaml"))
+    assert main(["tune", "digits-random10", "--seeds", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "also reporting seeds" in capsys.readouterr().err

@@ -199,6 +199,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if counts["failed"] == 0 else 1
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from salun.bench.tune import run_tune
+
+    cfg = _config(args)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    result = run_tune(
+        cfg,
+        args.out,
+        seeds=seeds,
+        search=args.search,
+        budget=args.budget,
+        cache_dir=args.cache,
+        progress=not args.no_progress,
+    )
+    print(f"tuned on seeds {result['tuning_seeds']} ({result['search']} search):")
+    for label, trials in result["trials"].items():
+        best = trials[0]
+        print(
+            f"  {label}: {best['params']}  Avg. Gap {best['avg_gap']:.2f} (best of {len(trials)})"
+        )
+    print(f"selected preset: {Path(args.out) / 'selected.yaml'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from salun.bench import build_report
 
@@ -257,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("tune", help="search method hyperparameters on seeds never reported")
+    p.add_argument("items", nargs="*", metavar="PRESET|key=value")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", help="tuning seeds, comma-separated (default 100)")
+    p.add_argument("--search", default="grid", choices=["grid", "random"])
+    p.add_argument("--budget", type=int, help="most candidates per method")
+    p.add_argument("--cache", help="model cache (default: OUT/cache)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("report", help="tables and plots from a bench folder")
     p.add_argument("folder")
     p.add_argument("--no-plots", action="store_true")
@@ -297,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: str | None = getattr(args, "out", None)
     # A folder this command created is removed when the input was bad; bench folders are kept
     # (they are resumable), and so are folders of crashed runs (their log helps).
-    fresh = out is not None and args.command != "bench" and not Path(out).exists()
+    fresh = out is not None and args.command not in ("bench", "tune") and not Path(out).exists()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
