@@ -53,7 +53,9 @@ def test_smoke_preset_end_to_end(smoke_runs, capsys):
         assert (u / name).is_file(), name
     m = json.loads((u / "metrics.json").read_text())
     assert m["method"] == "salun" and m["metrics"]["UA"] > 50
-    assert set(m["gap"]) == {"UA", "MIA-Efficacy", "RA", "TA", "Avg. Gap"}
+    assert set(m["gap"]) == {"UA", "MIA-Efficacy", "RA", "TA", "Avg. Gap", "ToW"}
+    assert 0 <= m["gap"]["ToW"] <= 1 and m["retrain_distance"]["L2-distance"] > 0
+    assert set(m["metrics"]["mia_family"]) >= {"SVC-MIA-entropy", "Loss-LR-MIA"}
     assert "MIA-Efficacy" in m["metrics"]["definitions"] and m["versions"]["torch"]
     assert m["run"]["rte_seconds"] > 0
 

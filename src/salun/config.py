@@ -80,6 +80,7 @@ class UnlearnConfig:
 class EvalConfig:
     batch_size: int = 512
     mia_seed: int | None = None  # None: use the run seed
+    extended: bool = True  # MIA family (entropy, m-entropy, loss-LR) and ZRF as well
 
 
 @dataclass

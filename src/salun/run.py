@@ -22,7 +22,7 @@ from torch import nn
 from salun.config import Config, TrainConfig, save_config
 from salun.data import DatasetBundle, IndexedDataset, Split, load_dataset, make_split
 from salun.errors import SalunError
-from salun.eval import avg_gap, evaluate_classifier
+from salun.eval import avg_gap, compare_to_retrain, evaluate_classifier
 from salun.eval.accuracy import predict
 from salun.io import hash_obj, load_tensors, read_metadata, save_tensors, write_json
 from salun.methods import UnlearnData, get_method, method_params
@@ -283,8 +283,9 @@ def unlearn_once(
 
 def evaluate(exp: Experiment, model: nn.Module) -> dict[str, Any]:
     seed = exp.cfg.seed if exp.cfg.eval.mia_seed is None else exp.cfg.eval.mia_seed
+    e = exp.cfg.eval
     return evaluate_classifier(
-        model, exp.forget, exp.retain, exp.test, exp.task, seed, exp.cfg.eval.batch_size
+        model, exp.forget, exp.retain, exp.test, exp.task, seed, e.batch_size, e.extended
     )
 
 
@@ -362,5 +363,6 @@ def run_unlearn(
             retrain, rinfo = train_model(exp, "retrain")
             result["retrain"] = {"info": rinfo, "metrics": evaluate(exp, retrain)}
             result["gap"] = avg_gap(result["metrics"], result["retrain"]["metrics"])
+            result["retrain_distance"] = compare_to_retrain(model, retrain)
         write_json(out / "metrics.json", result)
     return result

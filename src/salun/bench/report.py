@@ -21,10 +21,12 @@ import numpy as np
 from scipy import stats
 
 from salun.errors import SalunError
+from salun.eval.agreement import tug_of_war
 from salun.eval.classification import DEFINITIONS, EVAL_VERSION, METRICS
 from salun.io import save_figure, write_json, write_text
 
 GAP_KEYS = (*METRICS, "Avg. Gap")
+EXTRA_KEYS = ("ToW", "ZRF", "L2-distance")
 
 
 def summarise(values: list[float]) -> dict[str, float]:
@@ -85,10 +87,26 @@ def aggregate(done: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             for m, g in zip(METRICS, gaps, strict=True):
                 per_seed_gaps[m].append(g)
             per_seed_gaps["Avg. Gap"].append(sum(gaps) / len(gaps))
+            per_seed_gaps["ToW"].append(tug_of_war(r["metrics"], ref["metrics"]))
             ref_time = ref["run"].get("rte_seconds") or 0.0
             if ref_time > 0:
                 ratios.append((r["run"].get("rte_seconds") or 0.0) / ref_time)
         row["gap"] = {k: summarise(per_seed_gaps[k]) for k in GAP_KEYS}
+        row["ToW"] = summarise(per_seed_gaps["ToW"])
+        row["ZRF"] = summarise([r.get("extended", {}).get("ZRF", math.nan) for r in runs])
+        fam = [r.get("extended", {}).get("mia_family", {}) for r in runs]
+        row["MIA-entropy"] = summarise(
+            [f.get("SVC-MIA-entropy", {}).get("score", math.nan) for f in fam]
+        )
+        row["MIA-m_entropy"] = summarise(
+            [f.get("SVC-MIA-m_entropy", {}).get("score", math.nan) for f in fam]
+        )
+        row["Loss-LR AUC"] = summarise(
+            [f.get("Loss-LR-MIA", {}).get("cv_auc", math.nan) for f in fam]
+        )
+        row["L2-distance"] = summarise(
+            [(r.get("retrain_distance") or {}).get("L2-distance", math.nan) for r in runs]
+        )
         row["time_ratio"] = summarise(ratios)
         row["original_train_acc"] = summarise([r["original_train_acc"] for r in runs])
         out[scenario].append(row)
@@ -137,6 +155,20 @@ def markdown(
                 + " | ".join(cells)
                 + f" | {_pm(r['gap']['Avg. Gap'])} | {_ci(r['gap']['Avg. Gap'])} | {_pm(r['RTE'])} "
                 f"| {_pm(r['time_ratio'], 3)} |"
+            )
+        lines += [
+            "",
+            "More evaluators: ToW (1 = Retrain's accuracies), ZRF, L2 distance of the weights to "
+            "Retrain, SVC-MIA on entropy / modified entropy (% of D_f predicted non-member), "
+            "loss-LR attack AUC (retain vs test; 0.5 = chance).",
+            "",
+            "| method | ToW | ZRF | L2 to Retrain | MIA entropy | MIA m-entropy | loss-LR AUC |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['label']} | {_pm(r['ToW'], 3)} | {_pm(r['ZRF'], 3)} | {_pm(r['L2-distance'])} "
+                f"| {_pm(r['MIA-entropy'])} | {_pm(r['MIA-m_entropy'])} | {_pm(r['Loss-LR AUC'], 3)} |"
             )
         lines.append("")
     if failed:

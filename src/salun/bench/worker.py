@@ -51,6 +51,11 @@ def execute(folder: Path) -> dict[str, Any]:
             )
             run.pop("_mask_obj", None)
         metrics = evaluate(exp, model)
+        distance = None
+        if spec["kind"] != "retrain":
+            from salun.eval import compare_to_retrain
+
+            distance = compare_to_retrain(model, train_model(exp, "retrain")[0])
     result = {
         **{k: spec[k] for k in ("name", "scenario", "seed", "kind", "label", "method")},
         "params": spec.get("params", {}),
@@ -59,6 +64,8 @@ def execute(folder: Path) -> dict[str, Any]:
         "original_train_acc": orig_info["train_acc"],
         "run": run,
         "metrics": {k: metrics[k] for k in ("UA", "MIA-Efficacy", "RA", "TA")},
+        "extended": {k: metrics[k] for k in ("mia_family", "ZRF") if k in metrics},
+        "retrain_distance": distance,
         "evaluation": {k: metrics[k] for k in ("sizes", "mia", "evaluator")},
         "definitions": DEFINITIONS,
         "evaluator_version": EVAL_VERSION,

@@ -15,6 +15,12 @@ class Predictions:
     predicted: torch.Tensor
     true_prob: torch.Tensor  # softmax probability of the true label
     loss: torch.Tensor  # per-sample cross-entropy
+    probs: torch.Tensor  # softmax probabilities, N x K
+
+    @property
+    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, labels), the input of the MIA family."""
+        return self.probs, self.labels
 
     @property
     def accuracy(self) -> float:
@@ -29,7 +35,7 @@ def predict(model: nn.Module, dataset, task, batch_size: int = 512) -> Predictio
     """Run ``model`` in eval mode over ``dataset`` (items ``(x, y, ...)``)."""
     was_training = model.training
     model.eval()
-    out: dict[str, list[torch.Tensor]] = {"y": [], "p": [], "c": [], "l": []}
+    out: dict[str, list[torch.Tensor]] = {"y": [], "p": [], "c": [], "l": [], "q": []}
     for batch in task.loader(dataset, batch_size, shuffle=False):
         x, y, _ = task.batch(batch)
         logits = model(x).float()
@@ -38,6 +44,7 @@ def predict(model: nn.Module, dataset, task, batch_size: int = 512) -> Predictio
         out["p"].append(logits.argmax(1).cpu())
         out["c"].append(logp.gather(1, y[:, None]).squeeze(1).exp().cpu())
         out["l"].append(F.nll_loss(logp, y, reduction="none").cpu())
+        out["q"].append(logp.exp().cpu())
     model.train(was_training)
     cat = {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
-    return Predictions(cat["y"].long(), cat["p"].long(), cat["c"], cat["l"])
+    return Predictions(cat["y"].long(), cat["p"].long(), cat["c"], cat["l"], cat["q"])
