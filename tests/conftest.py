@@ -9,7 +9,7 @@ from salun.run import prepare, train_model
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: one thread is faster and robust to a loaded machine
 
 
 @pytest.fixture(scope="session")
