@@ -170,3 +170,15 @@ def test_not_a_safetensors_file(tmp_path, capsys):
 def test_unknown_preset(capsys):
     assert main(["config", "smoke/digit"]) == 2
     assert "Did you mean 'smoke/digits'" in capsys.readouterr().err
+
+
+def test_unlearn_with_population_attacks(tmp_path):
+    """U-LiRA and the epsilon score run end to end through the CLI at their smallest budgets."""
+    out = tmp_path / "pop"
+    rc = main(["unlearn", "smoke/digits", f"cache_dir={tmp_path / 'c'}", "eval.ulira=true",
+               "eval.ulira_shadows=4", "eval.ulira_targets=10", "eval.epsilon=true",
+               "eval.epsilon_models=3", "--out", str(out)])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["ulira"]["n_shadows"] == 4 and 0 <= m["ulira"]["accuracy"] <= 100
+    assert 0 <= m["epsilon"]["forgetting_quality"] <= 1

@@ -81,6 +81,11 @@ class EvalConfig:
     batch_size: int = 512
     mia_seed: int | None = None  # None: use the run seed
     extended: bool = True  # MIA family (entropy, m-entropy, loss-LR) and ZRF as well
+    ulira: bool = False  # U-LiRA with shadow models (costs ulira_shadows trainings)
+    ulira_shadows: int = 8
+    ulira_targets: int = 50
+    epsilon: bool = False  # NeurIPS 2023 challenge epsilon score (costs 2 x epsilon_models runs)
+    epsilon_models: int = 4
 
 
 @dataclass

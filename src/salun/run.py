@@ -307,6 +307,44 @@ def run_log(out: Path):
         handler.close()
 
 
+def population_attacks(
+    exp: Experiment,
+    method: str,
+    params: dict[str, Any],
+    mask: Any,
+    original: nn.Module,
+    model: nn.Module | None,
+) -> dict[str, Any]:
+    """U-LiRA and the epsilon score when the config asks for them (they train populations).
+
+    ``method`` may be "none" (the original model) or "retrain" besides registered methods.
+    """
+    from salun.eval.epsilon import epsilon_score
+    from salun.eval.lira import ulira
+
+    e, out = exp.cfg.eval, {}
+    if e.ulira:
+        out["ulira"] = ulira(
+            exp,
+            method,
+            params,
+            use_mask=mask is not None,
+            n_shadows=e.ulira_shadows,
+            n_targets=e.ulira_targets,
+            model_under_test=model,
+        )
+    if e.epsilon:
+        out["epsilon"] = epsilon_score(
+            exp,
+            method,
+            params,
+            use_mask=mask if mask is not None else False,
+            n_models=e.epsilon_models,
+            original=original,
+        )
+    return out
+
+
 def versions() -> dict[str, str]:
     import sklearn
 
@@ -357,6 +395,9 @@ def run_unlearn(
             "metrics": evaluate(exp, model),
             "original": {"info": orig_info},
             "versions": versions(),
+            **population_attacks(
+                exp, cfg.unlearn.method, cfg.unlearn.params, mask_obj, original, model
+            ),
         }
         if compare:
             result["original"]["metrics"] = evaluate(exp, original)

@@ -56,6 +56,12 @@ def execute(folder: Path) -> dict[str, Any]:
             from salun.eval import compare_to_retrain
 
             distance = compare_to_retrain(model, train_model(exp, "retrain")[0])
+        from salun.run import population_attacks
+
+        name = {"original": "none", "retrain": "retrain"}.get(spec["kind"], spec["method"])
+        attacks = population_attacks(
+            exp, name, spec.get("params") or {}, run.get("mask") and True or None, original, model
+        )
     result = {
         **{k: spec[k] for k in ("name", "scenario", "seed", "kind", "label", "method")},
         "params": spec.get("params", {}),
@@ -66,6 +72,7 @@ def execute(folder: Path) -> dict[str, Any]:
         "metrics": {k: metrics[k] for k in ("UA", "MIA-Efficacy", "RA", "TA")},
         "extended": {k: metrics[k] for k in ("mia_family", "ZRF") if k in metrics},
         "retrain_distance": distance,
+        **attacks,
         "evaluation": {k: metrics[k] for k in ("sizes", "mia", "evaluator")},
         "definitions": DEFINITIONS,
         "evaluator_version": EVAL_VERSION,
