@@ -30,18 +30,21 @@ def execute(folder: Path) -> dict[str, Any]:
     cfg = load_config(str(folder / "config.yaml"))
     exp = prepare(cfg)
     _record(folder, f"start {spec['name']}")
+    def model_of(kind: str):
+        """Original or Retrain from the cache; a training is recorded in executions.log."""
+        model, info = train_model(exp, kind)
+        if not info["cache_hit"]:
+            _record(folder, f"trained {kind} {info['cache_key']}")
+        return model, info
+
     with run_log(folder):
         exp.split.save(folder / "split.json")
-        original, orig_info = train_model(exp, "original")
-        if not orig_info["cache_hit"]:
-            _record(folder, f"trained original {orig_info['cache_key']}")
+        original, orig_info = model_of("original")
         run: dict[str, Any]
         if spec["kind"] == "original":
             model, run = original, {"rte_seconds": 0.0, "mask_seconds": 0.0}
         elif spec["kind"] == "retrain":
-            model, info = train_model(exp, "retrain")
-            if not info["cache_hit"]:
-                _record(folder, f"trained retrain {info['cache_key']}")
+            model, info = model_of("retrain")
             run = {"rte_seconds": info["seconds"], "mask_seconds": 0.0, "retrain": info}
         else:
             from salun.run import method_uses_mask
@@ -55,7 +58,7 @@ def execute(folder: Path) -> dict[str, Any]:
         if spec["kind"] != "retrain":
             from salun.eval import compare_to_retrain
 
-            distance = compare_to_retrain(model, train_model(exp, "retrain")[0])
+            distance = compare_to_retrain(model, model_of("retrain")[0])
         from salun.run import population_attacks
 
         name = {"original": "none", "retrain": "retrain"}.get(spec["kind"], spec["method"])
