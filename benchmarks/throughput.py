@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import resource
 import time
 
@@ -19,16 +20,19 @@ import torch
 from salun.config import load_config
 from salun.demo import fashion_mnist_available
 from salun.methods import UnlearnData, get_method, list_methods
+from salun.registry import METHODS
 from salun.run import prepare, train_model
 from salun.saliency import compute_saliency_mask
 
-IMAGES_PER_EPOCH = {  # which sets a method passes over in one epoch
-    "ft": ("retain",),
-    "l1_sparse": ("retain",),
-    "retrain": ("retain",),
+IMAGES_PER_EPOCH = {  # which sets a method passes over in one epoch (default: D_r)
     "ga": ("forget",),
+    "bs": ("forget",),
+    "be": ("forget",),
     "rl": ("forget", "retain"),
     "salun": ("forget", "retain"),
+    "salun_soft": ("forget", "retain"),
+    "scrub": ("forget", "retain"),
+    "bad_teacher": ("forget", "retain"),
 }
 
 
@@ -52,14 +56,25 @@ def main() -> None:
 
     rows = []
     for name in list_methods():
-        method = get_method(name, epochs=args.epochs)
+        fields = {f.name for f in dataclasses.fields(METHODS.get(name))}
+        method = get_method(name, **({"epochs": args.epochs} if "epochs" in fields else {}))
         model = copy.deepcopy(original)
         data = UnlearnData(exp.forget, exp.retain, cfg.seed)
         start = time.perf_counter()
         method.unlearn(model, data, exp.task, mask=mask if name == "salun" else None)
         seconds = time.perf_counter() - start
-        images = args.epochs * sum(sizes[s] for s in IMAGES_PER_EPOCH.get(name, ("retain",)))
-        rows.append((name, seconds, images / seconds, getattr(method, "batch_size", "-")))
+        trains = "epochs" in fields
+        images = (args.epochs if trains else 1) * sum(
+            sizes[s] for s in IMAGES_PER_EPOCH.get(name, ("retain",))
+        )
+        rows.append(
+            (
+                name if trains else f"{name} (no training)",
+                seconds,
+                images / seconds,
+                getattr(method, "batch_size", "-"),
+            )
+        )
 
     times = {n: s for n, s, _, _ in rows}
     print(
@@ -78,6 +93,13 @@ def main() -> None:
     print(
         f"SalUn time / Retrain time at equal epochs: {(times['salun'] + mask_s) / times['retrain']:.3f} "
         "(SalUn including its mask)"
+    )
+    per_epoch = {n: t / args.epochs for n, t in times.items()}
+    r_ep = cfg.retrain_recipe.epochs
+    ratio = (5 * per_epoch["salun"] + mask_s) / (r_ep * per_epoch["retrain"])
+    print(
+        f"per epoch: SalUn {per_epoch['salun']:.2f} s, Retrain {per_epoch['retrain']:.2f} s; at the "
+        f"presets' budgets (SalUn 5 epochs + mask, Retrain {r_ep} epochs): {ratio:.3f}"
     )
 
 
