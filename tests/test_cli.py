@@ -175,9 +175,20 @@ def test_unknown_preset(capsys):
 def test_unlearn_with_population_attacks(tmp_path):
     """U-LiRA and the epsilon score run end to end through the CLI at their smallest budgets."""
     out = tmp_path / "pop"
-    rc = main(["unlearn", "smoke/digits", f"cache_dir={tmp_path / 'c'}", "eval.ulira=true",
-               "eval.ulira_shadows=4", "eval.ulira_targets=10", "eval.epsilon=true",
-               "eval.epsilon_models=3", "--out", str(out)])
+    rc = main(
+        [
+            "unlearn",
+            "smoke/digits",
+            f"cache_dir={tmp_path / 'c'}",
+            "eval.ulira=true",
+            "eval.ulira_shadows=4",
+            "eval.ulira_targets=10",
+            "eval.epsilon=true",
+            "eval.epsilon_models=3",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["ulira"]["n_shadows"] == 4 and 0 <= m["ulira"]["accuracy"] <= 100

@@ -30,6 +30,7 @@ def execute(folder: Path) -> dict[str, Any]:
     cfg = load_config(str(folder / "config.yaml"))
     exp = prepare(cfg)
     _record(folder, f"start {spec['name']}")
+
     def model_of(kind: str):
         """Original or Retrain from the cache; a training is recorded in executions.log."""
         model, info = train_model(exp, kind)
