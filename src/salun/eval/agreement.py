@@ -14,6 +14,7 @@ from torch import nn
 
 from salun.errors import SalunError
 from salun.eval.mia_family import probabilities
+from salun.models import reinitialise
 
 logger = logging.getLogger(__name__)
 
@@ -100,20 +101,8 @@ def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     """
     fresh = copy.deepcopy(model)
     devices = sorted({p.device.index or 0 for p in fresh.parameters() if p.device.type == "cuda"})
-    reset: set[str] = set()
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed)
-        for name, module in fresh.named_modules():
-            init = getattr(module, "reset_parameters", None) or getattr(
-                module,
-                "_reset_parameters",
-                None,  # e.g. nn.MultiheadAttention
-            )
-            if callable(init):
-                init()
-                reset.add(name)
-            if isinstance(module, nn.modules.batchnorm._NormBase):
-                module.reset_running_stats()
+    with torch.random.fork_rng(devices=devices):
+        reset = reinitialise(fresh, seed)
     kept = [
         f"{m}.{p}" if m else p
         for m, module in fresh.named_modules()

@@ -26,8 +26,8 @@ from torch.utils.data import ConcatDataset, Subset
 from salun.errors import SalunError
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
-from salun.methods.retrain import reinitialise
 from salun.methods.scrub import frozen_copy
+from salun.models import reinitialise
 from salun.registry import METHODS
 
 

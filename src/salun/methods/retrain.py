@@ -10,22 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from salun.errors import SalunError
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
+from salun.models import reinitialise
 from salun.registry import METHODS
-
-
-def reinitialise(model: torch.nn.Module, seed: int) -> None:
-    torch.manual_seed(seed)
-    for module in model.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
 
 
 @METHODS.register("retrain")

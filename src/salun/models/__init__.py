@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from salun.errors import SalunError, unknown_choice
@@ -70,3 +71,27 @@ def build_model(
     if name == "vgg16_bn":
         return VGG16BN(num_classes, in_channels, image_size, width, mean, std)
     return SmallCNN(num_classes, in_channels, width, mean, std)
+
+
+def reinitialise(model: nn.Module, seed: int) -> set[str]:
+    """Re-initialise ``model`` in place under ``torch.manual_seed(seed)``: every submodule's
+    ``reset_parameters`` (or ``_reset_parameters``) and fresh normalisation statistics.
+
+    Returns the names of the modules that were reset (parameters of other modules keep their
+    values). Used by Retrain, Bad Teacher and the ZRF evaluator.
+    """
+    torch.manual_seed(seed)
+    reset: set[str] = set()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            init = getattr(module, "reset_parameters", None) or getattr(
+                module,
+                "_reset_parameters",
+                None,  # e.g. nn.MultiheadAttention
+            )
+            if callable(init):
+                init()
+                reset.add(name)
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                module.reset_running_stats()
+    return reset
