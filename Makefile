@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv demo test test-slow lint bench fmnist clean
+.PHONY: venv demo demo-ddpm test test-slow lint bench fmnist clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ fmnist:
 
 demo: $(STAMP) fmnist
 	$(BIN)/salun demo --out runs/demo
+
+# Class erasure from a class-conditional DDPM on digits (trains the model, Retrain included).
+demo-ddpm: $(STAMP)
+	$(BIN)/salun demo --task ddpm --retrain --out runs/demo-ddpm
 
 test: $(STAMP) fmnist
 	$(BIN)/python -m pytest -m "not slow"

@@ -38,7 +38,7 @@ def test_registry_has_the_core_methods():
     assert {"retrain", "ft", "ga", "rl", "l1_sparse", "salun"} <= set(list_methods())
 
 
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", list_methods("classification"))
 def test_one_epoch_runs_and_changes_weights(name, digits_class, original):
     exp, _, _ = digits_class
     before = copy.deepcopy(original.state_dict())
@@ -55,7 +55,7 @@ def _accepts_mask(name):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-@pytest.mark.parametrize("name", [m for m in list_methods() if _accepts_mask(m)])
+@pytest.mark.parametrize("name", [m for m in list_methods("classification") if _accepts_mask(m)])
 def test_non_salient_weights_bit_identical(name, optimizer, digits_class, original):
     exp, _, _ = digits_class
     mask = _random_mask(original)
@@ -81,7 +81,7 @@ def test_retrain_refuses_a_mask(digits_class, original):
         )
 
 
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", list_methods("classification"))
 def test_same_seed_same_weights(name, digits_class):
     exp, original, _ = digits_class
     a = get_method(name, **fast(name)).unlearn(copy.deepcopy(original), _data(exp, 3), exp.task)

@@ -1,4 +1,5 @@
-"""Command line: ``salun train | mask | unlearn | eval | bench | report | list | config | demo``.
+"""Command line: ``salun train | mask | unlearn | eval | sample | bench | tune | report | list |
+config | demo``. ``--task ddpm`` switches train/mask/unlearn/eval/demo to class-conditional DDPMs.
 
 Bad input exits with code 2 and one line on stderr; a run folder this command created is
 removed again when it fails, so no partial results are left behind.
@@ -34,15 +35,36 @@ def _config(args: argparse.Namespace):
     from salun.config import load_config
 
     preset, overrides = _split_items(args.items)
+    task = getattr(args, "task", None)
+    if task == "ddpm" and preset is None:
+        preset = "demo-ddpm"  # the DDPM defaults: digits 16x16, small UNet, class erasure
+    if task is not None:
+        overrides.insert(0, f"task={task}")
     if getattr(args, "no_progress", False):
         overrides.append("progress=false")
     return load_config(preset, overrides)
 
 
 def _print_metrics(title: str, m: dict[str, Any]) -> None:
+    if "other_acc" in m:  # generator: UA by the judge, other-class accuracy, FID
+        print(title)
+        fid = f"  FID ({m.get('fid_features')}) {m['FID']:.2f}" if "FID" in m else ""
+        print(f"  UA {m['UA']:.2f}  other-class acc {m['other_acc']:.2f}{fid}")
+        return
     keys = ("UA", "MIA-Efficacy", "RA", "TA")
     print(title)
     print("  " + "  ".join(f"{k} {m[k]:.2f}" for k in keys))
+
+
+def _load(exp, path: str):
+    """A model for ``exp`` from ``path`` (safetensors, or a diffusers folder for DDPMs)."""
+    from salun.run import load_weights
+
+    if exp.cfg.task == "ddpm":
+        from salun.ddpm import load_model
+
+        return load_model(exp, path)
+    return load_weights(exp.new_model(), path)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -84,8 +106,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_config(cfg, out / "config.yaml")
         exp.split.save(out / "split.json")
         model, info = train_model(exp, args.kind)
-        save_weights(model, out / "model.safetensors")
-        metrics = evaluate(exp, model)
+        if cfg.task == "ddpm":
+            from salun.ddpm import evaluate_ddpm, save_ddpm
+            from salun.eval.generation import save_grid
+
+            target = save_ddpm(model, exp, out / "model")
+            metrics, images, labels = evaluate_ddpm(exp, model)
+            save_grid(images, labels, out / "samples.png")
+        else:
+            target = out / "model.safetensors"
+            save_weights(model, target)
+            metrics = evaluate(exp, model)
         write_json(
             out / "metrics.json",
             {
@@ -96,21 +127,24 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "versions": versions(),
             },
         )
-    print(
-        f"{args.kind} model: train accuracy {info['train_acc']:.2f}%  -> {out / 'model.safetensors'}"
+    fit_figure = (
+        f"noise MSE {info['train_mse']:.4f}"
+        if "train_mse" in info
+        else f"train accuracy {info['train_acc']:.2f}%"
     )
+    print(f"{args.kind} model: {fit_figure}  -> {target}")
     _print_metrics("evaluation on the split:", metrics)
     return 0
 
 
 def cmd_mask(args: argparse.Namespace) -> int:
     from salun.config import save_config
-    from salun.run import load_weights, prepare, run_log, train_model
+    from salun.run import prepare, run_log, train_model
     from salun.saliency import compute_saliency_mask
 
     cfg = _config(args)
     exp = prepare(cfg, args.split)
-    model = load_weights(exp.new_model(), args.model) if args.model else None
+    model = _load(exp, args.model) if args.model else None
     out = Path(args.out)
     with run_log(out):
         save_config(cfg, out / "config.yaml")
@@ -148,11 +182,11 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from salun.io import write_json
-    from salun.run import evaluate, load_weights, prepare
+    from salun.run import evaluate, prepare
 
     cfg = _config(args)
     exp = prepare(cfg, args.split)
-    model = load_weights(exp.new_model(), args.model)
+    model = _load(exp, args.model)
     metrics = evaluate(exp, model)
     if args.out:
         write_json(
@@ -160,7 +194,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             {"checkpoint": args.model, "metrics": metrics, "split_hash": exp.split.hash},
         )
     if args.json:
-        print(json.dumps({k: metrics[k] for k in ("UA", "MIA-Efficacy", "RA", "TA")}))
+        keys = (
+            ("UA", "other_acc", "FID") if cfg.task == "ddpm" else ("UA", "MIA-Efficacy", "RA", "TA")
+        )
+        print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
     else:
         _print_metrics(f"{args.model}:", metrics)
     return 0
@@ -168,6 +205,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from salun.demo import run_demo
+
+    if args.task == "ddpm":
+        from salun.ddpm import run_ddpm_demo
+
+        out = args.out if args.out != "runs/demo" else "runs/demo-ddpm"
+        r = run_ddpm_demo(
+            out,
+            seed=args.seed,
+            progress=not args.no_progress,
+            overrides=args.items,
+            retrain=args.retrain,
+        )
+        print(f"\n## {r['title']}\n")
+        print(r["table"])
+        print(f"\nreport.md, metrics.json and sample grids (grid_*.png) under {out}")
+        return 0
 
     results = run_demo(
         args.out,
@@ -180,6 +233,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\n## {r['title']}\n")
         print(r["table"])
     print(f"\nreports, metrics.json and gaps.png under {args.out}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from salun.ddpm import load_ddpm
+    from salun.eval.generation import save_grid
+    from salun.io import save_tensors
+    from salun.tasks.ddpm import sample
+
+    unet, scheduler, meta = load_ddpm(args.model)
+    k = int(meta.get("num_classes", unet.config.num_class_embeds - 1))
+    if args.classes:
+        try:
+            classes = [int(c) for c in args.classes.split(",")]
+        except ValueError:
+            raise SalunError(
+                f"--classes must be comma-separated integers, got {args.classes!r}"
+            ) from None
+        bad = [c for c in classes if not 0 <= c < k]
+        if bad:
+            raise SalunError(f"class {bad[0]} out of range; allowed: 0..{k - 1}")
+    else:
+        classes = list(range(k))
+    if args.n < 1:
+        raise SalunError(f"--n must be >= 1, got {args.n}")
+    labels = torch.tensor(classes).repeat_interleave(args.n)
+    w = meta.get("guidance", 2.0) if args.guidance is None else args.guidance
+    images = sample(
+        unet,
+        labels,
+        scheduler,
+        int(meta.get("null_label", k)),
+        guidance=w,
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    out = Path(args.out)
+    save_grid(images, labels, out / "grid.png", per_row=min(args.n, 16))
+    save_tensors(
+        out / "samples.safetensors",
+        {"images": images.contiguous(), "labels": labels},
+        {
+            "guidance": str(w),
+            "steps": str(args.steps),
+            "sampler": args.sampler,
+            "seed": str(args.seed),
+            "model": str(args.model),
+        },
+    )
+    print(f"{len(labels)} samples (classes {classes}, w={w}, {args.sampler} {args.steps} steps)")
+    print(f"grid: {out / 'grid.png'}  tensors: {out / 'samples.safetensors'}")
     return 0
 
 
@@ -239,6 +347,11 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         help="a preset name or YAML file, then overrides such as unlearn.method=ga",
     )
     p.add_argument("--split", help="use this split.json instead of drawing one")
+    p.add_argument(
+        "--task",
+        choices=["classification", "ddpm"],
+        help="model family (ddpm: class-conditional diffusion; default preset demo-ddpm)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     if out:
         p.add_argument("--out", required=True, help="run folder")
@@ -268,10 +381,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on a split (UA, MIA-Efficacy, RA, TA)")
     _common(p, out=False)
-    p.add_argument("--model", required=True, help="model to evaluate (safetensors)")
+    p.add_argument("--model", required=True, help="model (safetensors, or a DDPM folder)")
     p.add_argument("--out", help="folder for eval.json")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="sample a class-conditional DDPM folder into a PNG grid")
+    p.add_argument("--model", required=True, help="DDPM folder (unet/, scheduler/, salun.json)")
+    p.add_argument("--out", required=True, help="folder for grid.png and samples.safetensors")
+    p.add_argument("--classes", help="comma-separated class indices (default: all)")
+    p.add_argument("--n", type=int, default=8, help="samples per class")
+    p.add_argument("--guidance", type=float, help="CFG weight w (default: the model's)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("bench", help="run a grid of methods x scenarios x seeds (resumable)")
     p.add_argument("items", nargs="*", metavar="PRESET|key=value")
@@ -304,11 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="PRESET|key=value")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("demo", help="the Fashion-MNIST demo (random 10%% and class-wise)")
+    p = sub.add_parser(
+        "demo", help="the Fashion-MNIST demo (random 10%% and class-wise); --task ddpm: DDPM"
+    )
     p.add_argument("items", nargs="*", metavar="key=value", help="overrides of the demo preset")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default="auto", help="auto, fashion-mnist or digits")
+    p.add_argument("--task", default="classification", choices=["classification", "ddpm"])
+    p.add_argument("--retrain", action="store_true", help="ddpm: also train Retrain (slower)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

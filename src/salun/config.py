@@ -18,6 +18,7 @@ import yaml
 from salun.errors import SalunError, unknown_choice
 
 SCENARIOS = ("random", "class")
+TASKS = ("classification", "ddpm")
 SCHEDULES = ("constant", "step", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -58,6 +59,7 @@ class TrainConfig:
     schedule: str = "cosine"  # constant | step | cosine
     milestones: list[int] = field(default_factory=list)  # for schedule=step (epochs)
     gamma: float = 0.1
+    optimizer: str = "sgd"  # sgd | adam | adamw
 
 
 @dataclass
@@ -89,6 +91,31 @@ class EvalConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """Class-conditional DDPM (``task: ddpm``): UNet, noise schedule, guidance, evaluation."""
+
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # UNet channels per level
+    layers_per_block: int = 1
+    attention: bool = False  # self-attention at the lowest resolution
+    timesteps: int = 1000
+    beta_schedule: str = "linear"  # linear | cosine
+    p_uncond: float = 0.1  # label dropout for classifier-free guidance
+    guidance: float = 2.0  # w in eps = (1 + w) eps(x, c) - w eps(x, null)
+    sampler: str = "ddim"  # ddim | ddpm
+    sample_steps: int = 50
+    samples_per_class: int = 50  # evaluation samples per class
+    relabel: str = "next"  # c' for the forget class: next | random
+    target: str = "current"  # relabelling target from the current model or a frozen copy
+    fid_features: str = "classifier"  # classifier (penultimate) | path to a TorchScript network
+    fid_input_size: int = 299  # resize for a TorchScript extractor (0: keep)
+    judge_model: str = "cnn"  # the classifier that judges samples (trained on the same data)
+    judge_width: int = 16
+    judge_epochs: int = 30
+    judge_lr: float = 0.05
+    judge_batch_size: int = 128
+
+
+@dataclass
 class BenchConfig:
     """A study grid: scenarios x seeds x methods (list-valued method parameters expand)."""
 
@@ -105,6 +132,7 @@ class Config:
     device: str = "auto"
     progress: bool = True
     threads: int | None = None
+    task: str = "classification"  # classification | ddpm
     cache_dir: str = "runs/cache"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -113,6 +141,7 @@ class Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     bench: BenchConfig | None = None
 
     @property
@@ -160,6 +189,7 @@ _NESTED = {
     "mask": MaskConfig,
     "unlearn": UnlearnConfig,
     "eval": EvalConfig,
+    "diffusion": DiffusionConfig,
     "bench": BenchConfig,
 }
 
@@ -241,6 +271,7 @@ def _check_choice(kind: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 def _check_recipe(t: TrainConfig, where: str) -> None:
     _check_choice(f"{where}.schedule", t.schedule, SCHEDULES)
+    _check_choice(f"{where}.optimizer", t.optimizer, OPTIMIZERS)
     if t.epochs < 0 or t.batch_size < 1 or t.lr <= 0:
         raise SalunError(
             f"{where}: epochs must be >= 0, batch_size >= 1, lr > 0 "
@@ -251,9 +282,10 @@ def _check_recipe(t: TrainConfig, where: str) -> None:
 def validate(cfg: Config) -> Config:
     """Check names and ranges that can be checked without loading data."""
     from salun.data import DATASETS
-    from salun.methods import get_method
+    from salun.methods import check_task, get_method
     from salun.models import MODELS
 
+    _check_choice("task", cfg.task, TASKS)
     _check_choice("dataset", cfg.data.name, DATASETS)
     _check_choice("model", cfg.model.name, MODELS)
     _check_choice("scenario", cfg.data.scenario, SCENARIOS)
@@ -275,7 +307,10 @@ def validate(cfg: Config) -> Config:
         raise SalunError(f"mask.ratio must be in (0, 1], got {cfg.mask.ratio!r}")
     _check_recipe(cfg.train, "train")
     _check_recipe(cfg.retrain_recipe, "retrain")
+    if cfg.task == "ddpm":
+        _check_diffusion(cfg)
     method = get_method(cfg.unlearn.method, **cfg.unlearn.params)  # validates name and params
+    check_task(cfg.unlearn.method, cfg.task)
     cfg.unlearn.params = {
         k: list(v) if isinstance(v, tuple) else v
         for k, v in ((k, getattr(method, k)) for k in cfg.unlearn.params)
@@ -285,3 +320,28 @@ def validate(cfg: Config) -> Config:
 
         expand_grid(cfg)  # every run of the grid must be valid before any starts
     return cfg
+
+
+def _check_diffusion(cfg: Config) -> None:
+    from salun.models import MODELS
+    from salun.tasks.ddpm import BETA_SCHEDULES, RELABEL, SAMPLERS, TARGETS
+
+    g = cfg.diffusion
+    if cfg.data.scenario != "class":
+        raise SalunError(
+            f"task ddpm erases a class: data.scenario must be 'class', got {cfg.data.scenario!r}"
+        )
+    _check_choice("diffusion.beta_schedule", g.beta_schedule, tuple(BETA_SCHEDULES))
+    _check_choice("diffusion.sampler", g.sampler, SAMPLERS)
+    _check_choice("diffusion.relabel", g.relabel, RELABEL)
+    _check_choice("diffusion.target", g.target, TARGETS)
+    _check_choice("diffusion.judge_model", g.judge_model, MODELS)
+    if not 0 <= g.p_uncond < 1:
+        raise SalunError(f"diffusion.p_uncond must be in [0, 1), got {g.p_uncond!r}")
+    if g.timesteps < 2 or g.sample_steps < 1 or g.samples_per_class < 1:
+        raise SalunError(
+            "diffusion.timesteps must be >= 2, sample_steps and samples_per_class >= 1 (got "
+            f"{g.timesteps}, {g.sample_steps}, {g.samples_per_class})"
+        )
+    if not g.widths or any(not isinstance(w, int) or w < 8 or w % 8 for w in g.widths):
+        raise SalunError(f"diffusion.widths must be multiples of 8, got {g.widths!r}")

@@ -25,7 +25,7 @@ from salun.errors import SalunError
 from salun.eval import avg_gap, compare_to_retrain, evaluate_classifier
 from salun.eval.accuracy import predict
 from salun.io import hash_obj, load_tensors, read_metadata, save_tensors, write_json
-from salun.methods import UnlearnData, get_method, method_params
+from salun.methods import UnlearnData, check_task, get_method, method_params
 from salun.methods._fit import Optim, fit
 from salun.models import build_model
 from salun.saliency import SaliencyMask, compute_saliency_mask
@@ -47,7 +47,7 @@ class Experiment:
     cfg: Config
     bundle: DatasetBundle
     split: Split
-    task: ClassificationTask
+    task: Any  # ClassificationTask or DiffusionTask
 
     def subset(self, part: str) -> IndexedDataset:
         data = self.bundle.test if part == "test" else self.bundle.train
@@ -76,6 +76,19 @@ class Experiment:
         mean = imgs.mean(dim=(0, 2, 3)).tolist()
         std = imgs.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
         torch.manual_seed(self.cfg.seed if seed is None else seed)
+        if self.cfg.task == "ddpm":
+            from salun.models.unet import build_unet
+
+            g = self.cfg.diffusion
+            unet = build_unet(
+                train.image_size,
+                train.in_channels,
+                train.num_classes,
+                g.widths,
+                g.layers_per_block,
+                g.attention,
+            )
+            return unet.to(self.task.device)
         m = self.cfg.model
         model = build_model(
             m.name,
@@ -118,13 +131,36 @@ def prepare(cfg: Config, split_path: str | Path | None = None) -> Experiment:
             test_subset=d.test_subset,
             seed=cfg.seed if d.split_seed is None else d.split_seed,
         )
-    task = ClassificationTask(
-        num_classes=bundle.train.num_classes,
-        device=resolve_device(cfg.device),
-        progress=cfg.progress,
-        channels_last=cfg.model.channels_last,
-    )
+    task: Any
+    if cfg.task == "ddpm":
+        from salun.tasks.ddpm import DiffusionTask, make_scheduler
+
+        g = cfg.diffusion
+        task = DiffusionTask(
+            num_classes=bundle.train.num_classes,
+            scheduler=make_scheduler(g.timesteps, g.beta_schedule),
+            device=resolve_device(cfg.device),
+            progress=cfg.progress,
+            p_uncond=g.p_uncond,
+            relabel_mode=g.relabel,
+            target=g.target,
+            seed=cfg.seed,
+        )
+    else:
+        task = ClassificationTask(
+            num_classes=bundle.train.num_classes,
+            device=resolve_device(cfg.device),
+            progress=cfg.progress,
+            channels_last=cfg.model.channels_last,
+        )
     return Experiment(cfg, bundle, split, task)
+
+
+def reseed(exp: Experiment, seed: int) -> None:
+    """Seed the global RNGs and the task's own generator (diffusion time steps and noise)."""
+    seed_everything(seed)
+    if hasattr(exp.task, "reseed"):
+        exp.task.reseed(seed)
 
 
 def recipe_optim(t: TrainConfig) -> Optim:
@@ -137,23 +173,33 @@ def recipe_optim(t: TrainConfig) -> Optim:
         schedule=t.schedule,
         milestones=tuple(t.milestones),
         gamma=t.gamma,
+        optimizer=t.optimizer,
     )
 
 
 def _cache_key(exp: Experiment, kind: str, indices: np.ndarray, recipe: TrainConfig) -> str:
     c = exp.cfg
-    return hash_obj(
-        {
-            "kind": kind,
-            "dataset": c.data.name,
-            "image_size": c.data.image_size,
-            "indices": hash_obj(indices.tolist()),
-            "model": asdict(c.model),
-            "recipe": asdict(recipe),
-            "seed": c.seed,
-            "torch": torch.__version__.split("+")[0],
+    r = asdict(recipe)
+    if r.get("optimizer") == "sgd":
+        r.pop("optimizer")  # keys written before the field existed stay valid
+    key: dict[str, Any] = {
+        "kind": kind,
+        "dataset": c.data.name,
+        "image_size": c.data.image_size,
+        "indices": hash_obj(indices.tolist()),
+        "model": asdict(c.model),
+        "recipe": r,
+        "seed": c.seed,
+        "torch": torch.__version__.split("+")[0],
+    }
+    if c.task == "ddpm":
+        g = c.diffusion
+        key["model"] = {
+            "unet": [list(g.widths), g.layers_per_block, g.attention],
+            "schedule": [g.timesteps, g.beta_schedule, g.p_uncond],
         }
-    )[:20]
+        key["task"] = "ddpm"
+    return hash_obj(key)[:20]
 
 
 def train_model(
@@ -173,11 +219,11 @@ def train_model(
     model = exp.new_model()
     if use_cache and path.is_file():
         load_weights(model, path)
-        info = {k: _num(v) for k, v in read_metadata(path).items()}
+        info: dict[str, Any] = {k: _num(v) for k, v in read_metadata(path).items()}
         info["cache_hit"] = True
         log.info("%s model from cache %s", kind, path)
         return model, info
-    seed_everything(exp.cfg.seed)
+    reseed(exp, exp.cfg.seed)
     data = IndexedDataset(exp.bundle.train, indices)
     loader = exp.task.loader(data, recipe.batch_size, True, exp.cfg.seed)
     start = time.perf_counter()
@@ -190,12 +236,18 @@ def train_model(
         f"train {kind}",
     )
     seconds = time.perf_counter() - start
-    train_acc = predict(model, data, exp.task, exp.cfg.eval.batch_size).accuracy
-    info = {"seconds": round(seconds, 3), "train_acc": train_acc, "cache_key": key}
+    info = {"seconds": round(seconds, 3), "cache_key": key}
+    if exp.cfg.task == "ddpm":
+        info["train_mse"] = exp.task.mean_loss(model, data)
+        log.info("%s DDPM trained in %.1fs, noise MSE %.4f", kind, seconds, info["train_mse"])
+    else:
+        info["train_acc"] = predict(model, data, exp.task, exp.cfg.eval.batch_size).accuracy
+        log.info(
+            "%s model trained in %.1fs, train accuracy %.2f%%", kind, seconds, info["train_acc"]
+        )
     if use_cache:
         save_weights(model, path, {k: str(v) for k, v in info.items()})
     info["cache_hit"] = False
-    log.info("%s model trained in %.1fs, train accuracy %.2f%%", kind, seconds, train_acc)
     return model, info
 
 
@@ -256,8 +308,9 @@ def unlearn_once(
         model, info = train_model(exp, "retrain")
         return model, {"rte_seconds": info.get("seconds"), "mask_seconds": 0.0, "retrain": info}
     method = get_method(method_name, **(params or {}))
+    check_task(method_name, exp.cfg.task)
     model = copy.deepcopy(original)
-    seed_everything(exp.cfg.seed)
+    reseed(exp, exp.cfg.seed)
     mask_seconds = 0.0
     start = time.perf_counter()
     if mask is True:
@@ -282,6 +335,10 @@ def unlearn_once(
 
 
 def evaluate(exp: Experiment, model: nn.Module) -> dict[str, Any]:
+    if exp.cfg.task == "ddpm":
+        from salun.ddpm import evaluate_ddpm
+
+        return evaluate_ddpm(exp, model)[0]
     seed = exp.cfg.seed if exp.cfg.eval.mia_seed is None else exp.cfg.eval.mia_seed
     e = exp.cfg.eval
     return evaluate_classifier(
@@ -362,6 +419,10 @@ def run_unlearn(
     compare: bool = True,
 ) -> dict[str, Any]:
     """The full pipeline for one method; writes a run folder and returns its metrics."""
+    if cfg.task == "ddpm":
+        from salun.ddpm import run_unlearn_ddpm
+
+        return run_unlearn_ddpm(cfg, out, model_path, mask_path, split_path, compare)
     out = Path(out)
     exp = prepare(cfg, split_path)
     # Check inputs before anything is written.

@@ -18,6 +18,9 @@ from torch.utils.data import Dataset
 from salun.errors import SalunError, unknown_choice
 from salun.registry import METHODS
 
+#: Tasks a method runs on when it only calls ``task.loss`` / ``task.relabel`` / ``task.loader``.
+GENERIC_TASKS: tuple[str, ...] = ("classification", "ddpm")
+
 
 @dataclass
 class UnlearnData:
@@ -28,15 +31,16 @@ class UnlearnData:
     seed: int = 0
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    if isinstance(default, float) and isinstance(value, str):
+def _coerce(value: Any, default: Any, where: str, annotation: str = "") -> Any:
+    numeric = isinstance(default, float) or (default is None and "float" in annotation)
+    if numeric and isinstance(value, str):
         try:
             return float(value)  # YAML 1.1 reads 5e-4 as a string
         except ValueError:
             raise SalunError(f"{where} must be a number, got {value!r}") from None
     if isinstance(default, tuple) and isinstance(value, list):
         return tuple(value)
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    if numeric and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 
@@ -49,7 +53,10 @@ def get_method(name: str, **params: Any):
         if key not in fields:
             raise unknown_choice(f"parameter of method {name!r}", key, fields)
     defaults = cls()
-    kwargs = {k: _coerce(v, getattr(defaults, k), f"{name}.{k}") for k, v in params.items()}
+    kwargs = {
+        k: _coerce(v, getattr(defaults, k), f"{name}.{k}", str(fields[k].type))
+        for k, v in params.items()
+    }
     method = cls(**kwargs)
     check = getattr(method, "check", None)
     if check is not None:
@@ -57,8 +64,25 @@ def get_method(name: str, **params: Any):
     return method
 
 
-def list_methods() -> list[str]:
-    return METHODS.names()
+def list_methods(task: str | None = None) -> list[str]:
+    """Registered method names, or those that support ``task``."""
+    names = METHODS.names()
+    return names if task is None else [n for n in names if task in method_tasks(METHODS.get(n))]
+
+
+def method_tasks(method: Any) -> tuple[str, ...]:
+    """Tasks a method (class or instance) declares; classification-only when it declares none."""
+    return tuple(getattr(method, "tasks", ("classification",)))
+
+
+def check_task(name: str, task_name: str) -> None:
+    """Fail with one line when method ``name`` does not support ``task_name``."""
+    cls = METHODS.get(name)
+    if task_name not in method_tasks(cls):
+        allowed = ", ".join(list_methods(task_name))
+        raise SalunError(
+            f"method {name!r} does not support task {task_name!r}; methods for {task_name}: {allowed}"
+        )
 
 
 def method_params(method: Any) -> dict[str, Any]:
@@ -86,4 +110,12 @@ def _import_all() -> None:
 
 _import_all()
 
-__all__ = ["UnlearnData", "get_method", "list_methods", "method_params"]
+__all__ = [
+    "GENERIC_TASKS",
+    "UnlearnData",
+    "check_task",
+    "get_method",
+    "list_methods",
+    "method_params",
+    "method_tasks",
+]

@@ -7,8 +7,9 @@ SalUn (Fan et al., ICLR 2024). Objective: min_theta E_{D_r} CE(theta; x, y).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from salun.methods import UnlearnData, require_nonempty
+from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
 from salun.registry import METHODS
 
@@ -16,6 +17,7 @@ from salun.registry import METHODS
 @METHODS.register("ft")
 @dataclass
 class FT(Optim):
+    tasks: ClassVar[tuple[str, ...]] = GENERIC_TASKS
     epochs: int = 10
     lr: float = 0.01
 

@@ -8,8 +8,9 @@ Very sensitive to its learning rate: keep it low and search a small grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from salun.methods import UnlearnData, require_nonempty
+from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
 from salun.registry import METHODS
 
@@ -17,6 +18,7 @@ from salun.registry import METHODS
 @METHODS.register("ga")
 @dataclass
 class GA(Optim):
+    tasks: ClassVar[tuple[str, ...]] = GENERIC_TASKS
     epochs: int = 5
     lr: float = 1e-4
 

@@ -8,10 +8,11 @@ gamma_t = alpha * (1 - t / T).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from salun.methods import UnlearnData, require_nonempty
+from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
 from salun.registry import METHODS
 
@@ -19,6 +20,7 @@ from salun.registry import METHODS
 @METHODS.register("l1_sparse")
 @dataclass
 class L1Sparse(Optim):
+    tasks: ClassVar[tuple[str, ...]] = GENERIC_TASKS
     epochs: int = 10
     lr: float = 0.01
     alpha: float = 5e-4  # initial l1 weight gamma_0

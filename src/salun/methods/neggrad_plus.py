@@ -14,9 +14,10 @@ values closer to 1 (0.99-0.9999 appear in later re-runs) forget more gently.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from salun.errors import SalunError
-from salun.methods import UnlearnData, require_nonempty
+from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, cycle, fit
 from salun.registry import METHODS
 
@@ -24,6 +25,7 @@ from salun.registry import METHODS
 @METHODS.register("neggrad_plus")
 @dataclass
 class NegGradPlus(Optim):
+    tasks: ClassVar[tuple[str, ...]] = GENERIC_TASKS
     epochs: int = 10
     lr: float = 0.01
     momentum: float = 0.0

@@ -9,9 +9,10 @@ no model factory. A saliency mask makes no sense for it and is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from salun.errors import SalunError
-from salun.methods import UnlearnData, require_nonempty
+from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
 from salun.models import reinitialise
 from salun.registry import METHODS
@@ -20,6 +21,7 @@ from salun.registry import METHODS
 @METHODS.register("retrain")
 @dataclass
 class Retrain(Optim):
+    tasks: ClassVar[tuple[str, ...]] = GENERIC_TASKS
     epochs: int = 20
     lr: float = 0.1
     batch_size: int = 128

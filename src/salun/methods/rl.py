@@ -9,10 +9,11 @@ min_theta E_{D_f} CE(theta; x, y') + E_{D_r} CE(theta; x, y).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from salun.methods import UnlearnData, require_nonempty
+from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
 from salun.registry import METHODS
 
@@ -35,6 +36,7 @@ def relabelled_loss(task, table: torch.Tensor):
 @METHODS.register("rl")
 @dataclass
 class RL(Optim):
+    tasks: ClassVar[tuple[str, ...]] = GENERIC_TASKS
     epochs: int = 10
     lr: float = 0.01
     exclude_true: bool = False  # reference draws y' from all classes

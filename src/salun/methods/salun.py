@@ -18,9 +18,10 @@ Without a mask, SalUn computes its own (top ``mask_ratio`` of |grad of -CE on D_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from salun.errors import SalunError
-from salun.methods import UnlearnData, require_nonempty
+from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, cycle, fit
 from salun.methods.rl import random_label_table, relabelled_loss
 from salun.registry import METHODS
@@ -32,10 +33,11 @@ FORMS = ("reference", "paper")
 @METHODS.register("salun")
 @dataclass
 class SalUn(Optim):
+    tasks: ClassVar[tuple[str, ...]] = GENERIC_TASKS
     epochs: int = 10
     lr: float = 0.013
     form: str = "reference"  # reference | paper
-    alpha: float = 1.0  # weight of the retain term (paper form only)
+    alpha: float | None = None  # retain weight (paper form); None: the task's (1, DDPM 1e-3)
     mask_ratio: float = 0.5  # used only when no mask is passed
     uses_mask: bool = True
 
@@ -60,9 +62,9 @@ class SalUn(Optim):
         forget_iter = iter(cycle(task.loader(data.forget, self.batch_size, True, data.seed)))
         retain = task.loader(data.retain, self.batch_size, True, data.seed + 1)
 
+        alpha = self.alpha if self.alpha is not None else getattr(task, "retain_weight", 1.0)
+
         def paired(model, retain_batch):
-            return forget_loss(model, next(forget_iter)) + self.alpha * task.loss(
-                model, retain_batch
-            )
+            return forget_loss(model, next(forget_iter)) + alpha * task.loss(model, retain_batch)
 
         return fit(model, lambda e: [(retain, paired)], self, mask, task.progress, "SalUn")

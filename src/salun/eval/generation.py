@@ -1,0 +1,139 @@
+"""Evaluation of a class-conditional generator after class erasure.
+
+As in SalUn (Fan et al., ICLR 2024, §5): a classifier trained on the same data (the *judge*, its
+test accuracy recorded) labels generated samples.
+- UA (unlearning accuracy) = share of samples requested for the forgotten class that the judge
+  does NOT assign to that class (higher = more forgotten).
+- Per-class accuracy = share of samples requested for class k that the judge assigns to k, for
+  every other class; ``other_acc`` is their mean (utility that must be kept).
+- FID of the other classes' samples against real images of those classes (held-out test images),
+  with the named feature extractor (see :mod:`salun.eval.fid`).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from salun.eval.fid import frechet_distance
+from salun.io import write_bytes
+from salun.tasks.ddpm import sample
+
+GEN_EVAL_VERSION = "salun-gen-eval-1"
+
+DEFINITIONS = {
+    "UA": "% of samples generated for the forgotten class that the judge classifier does not "
+    "assign to it",
+    "other_acc": "mean over the other classes of the % of samples generated for class k that the "
+    "judge assigns to k",
+    "per_class_acc": "% of samples generated for class k that the judge assigns to k",
+    "FID": "Frechet distance between features of the other classes' samples and of real held-out "
+    "images of those classes (extractor named in fid_features)",
+}
+
+
+@torch.no_grad()
+def judge_predictions(judge: nn.Module, images: torch.Tensor, batch_size: int = 512):
+    was_training = judge.training
+    judge.eval()
+    device = next(judge.parameters()).device
+    preds = [judge(c.to(device)).argmax(1).cpu() for c in images.split(batch_size)]
+    judge.train(was_training)
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def generation_metrics(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    judge: nn.Module,
+    forget_class: int,
+    num_classes: int,
+    real_images: torch.Tensor | None = None,
+    real_labels: torch.Tensor | None = None,
+    features=None,
+) -> dict[str, Any]:
+    """UA, per-class accuracy and FID of generated ``images`` requested for ``labels``."""
+    pred = judge_predictions(judge, images)
+    per_class: dict[str, float] = {}
+    for k in range(num_classes):
+        sel = labels == k
+        if bool(sel.any()):
+            per_class[str(k)] = 100.0 * float((pred[sel] == k).float().mean())
+    forget_sel = labels == forget_class
+    ua = 100.0 * float((pred[forget_sel] != forget_class).float().mean())
+    others = [v for k, v in per_class.items() if int(k) != forget_class]
+    out: dict[str, Any] = {
+        "UA": ua,
+        "other_acc": float(np.mean(others)) if others else float("nan"),
+        "per_class_acc": per_class,
+        "samples": int(len(labels)),
+    }
+    if features is not None and real_images is not None and real_labels is not None:
+        gen = images[labels != forget_class]
+        real = real_images[real_labels != forget_class]
+        out["FID"] = frechet_distance(features(gen), features(real))
+        out["fid_features"] = features.name
+        out["fid_sizes"] = {"generated": int(len(gen)), "real": int(len(real))}
+    return out
+
+
+def sample_and_score(
+    model: nn.Module,
+    scheduler,
+    judge: nn.Module,
+    forget_class: int,
+    num_classes: int,
+    samples_per_class: int,
+    guidance: float,
+    steps: int,
+    sampler: str,
+    seed: int,
+    real_images: torch.Tensor | None = None,
+    real_labels: torch.Tensor | None = None,
+    features=None,
+    progress: bool = False,
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Sample ``samples_per_class`` images for every class and score them; returns the images."""
+    labels = torch.arange(num_classes).repeat_interleave(samples_per_class)
+    images = sample(
+        model, labels, scheduler, num_classes, guidance, steps, sampler, seed, progress=progress
+    )
+    metrics = generation_metrics(
+        images, labels, judge, forget_class, num_classes, real_images, real_labels, features
+    )
+    metrics["sampling"] = {
+        "sampler": sampler,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "samples_per_class": samples_per_class,
+    }
+    return metrics, images, labels
+
+
+def save_grid(
+    images: torch.Tensor, labels: torch.Tensor, path: str | Path, per_row: int = 10, scale: int = 2
+) -> None:
+    """PNG grid, one row per class (the first ``per_row`` samples of each), written atomically."""
+    from PIL import Image
+
+    rows = []
+    for k in sorted(set(labels.tolist())):
+        row = images[labels == k][:per_row]
+        if len(row) < per_row:
+            row = torch.cat([row, torch.zeros((per_row - len(row), *images.shape[1:]))])
+        rows.append(torch.cat(list(row), dim=-1))  # C x H x (W * per_row)
+    grid = torch.cat(rows, dim=-2)  # C x (H * classes) x (W * per_row)
+    arr = (grid.clamp(0, 1) * 255).round().byte()
+    arr = arr[0] if arr.shape[0] == 1 else arr.permute(1, 2, 0)
+    img = Image.fromarray(arr.numpy())
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
