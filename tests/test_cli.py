@@ -87,6 +87,9 @@ def test_eval_command(smoke_runs, capsys):
 def test_list_and_config(capsys):
     assert main(["list", "methods"]) == 0
     assert "salun" in capsys.readouterr().out.split()
+    assert main(["list", "ddpm-methods"]) == 0
+    ddpm = capsys.readouterr().out.split()
+    assert "esd" in ddpm and "salun" in ddpm and "scrub" not in ddpm
     assert main(["config", "smoke/digits", "unlearn.method=ga"]) == 0
     assert "method: ga" in capsys.readouterr().out
 

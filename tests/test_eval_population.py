@@ -191,6 +191,9 @@ def test_epsilon_score_end_to_end(tiny):
     n = 4
     reference = retrain_population(tiny, n)
     assert reference.confs.shape == (n, len(tiny.split.forget))
+    again = retrain_population(tiny, n)  # shared across methods through the cache
+    assert again.meta.get("cache_hit") and np.array_equal(again.confs, reference.confs)
+    assert again.ra == reference.ra and again.seeds == reference.seeds
     retrain = epsilon_score(tiny, "retrain", n_models=n, reference=reference)
     originals = _population(tiny, model_seeds(1, n, "eps-unlearn"))
     nothing = epsilon_score(

@@ -75,6 +75,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     tables = {
         "methods": list_methods(),
+        "ddpm-methods": list_methods("ddpm"),
         "models": list(MODELS),
         "datasets": list(DATASETS),
         "presets": preset_names(),
