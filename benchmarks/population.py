@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--methods", default="retrain,salun,rl,ft")
     ap.add_argument("--models", type=int, default=4, help="epsilon: models per population")
     ap.add_argument("--shadows", type=int, default=8, help="U-LiRA shadows (0: skip)")
+    ap.add_argument("--no-epsilon", action="store_true", help="skip the epsilon score")
     ap.add_argument("--targets", type=int, default=50)
     ap.add_argument("--cache", default="runs/bench-cache")
     ap.add_argument("--threads", type=int, default=1)
@@ -63,7 +64,7 @@ def main() -> None:
         exp = prepare(cfg)
         original, _ = train_model(exp, "original")
         start = time.perf_counter()
-        reference = retrain_population(exp, args.models)
+        reference = None if args.no_epsilon else retrain_population(exp, args.models)
         print(f"seed {seed}: retrain population in {time.perf_counter() - start:.0f}s", flush=True)
         for name in methods:
             params = {} if name == "retrain" else dict(table.get(name, {}))
@@ -109,7 +110,13 @@ def main() -> None:
                         "results": results,
                     },
                 )
-    keys = [("F", "ε forgetting quality F"), ("final", "ε final score"), ("eps_mean", "mean ε")]
+    keys = []
+    if not args.no_epsilon:
+        keys += [
+            ("F", "ε forgetting quality F"),
+            ("final", "ε final score"),
+            ("eps_mean", "mean ε"),
+        ]
     if args.shadows:
         keys += [("ulira_acc", "U-LiRA balanced acc. (%)"), ("ulira_auc", "U-LiRA AUC")]
     print(f"\n{args.preset}, seeds {seeds}, N = {args.models}, shadows = {args.shadows}\n")

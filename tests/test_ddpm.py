@@ -278,6 +278,7 @@ def test_cli_train_unlearn_sample_eval(tmp_path, cache_dir, capsys):
     for key in ("UA", "other_acc", "FID", "per_class_acc", "judge", "definitions"):
         assert key in r["metrics"]
     assert r["metrics"]["fid_features"] == "classifier-penultimate"
+    assert {"test_acc", "test_size", "forget_class_test_acc"} <= set(r["metrics"]["judge"])
     assert "metrics" in r["original"]
     assert (tmp_path / "esd" / "samples_original.png").is_file()
     out = tmp_path / "s"

@@ -5,6 +5,7 @@ setup at the smallest budget. The slow test checks U-LiRA's power (do nothing > 
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,8 +162,13 @@ def test_heldout_targets_are_unseen_and_label_matched(tiny):
 
 def test_train_on_and_unlearn_copy_are_seeded(tiny):
     half = tiny.split.train[::2]
-    a, b = train_on(tiny, half, 5), train_on(tiny, half, 5)
+    a = train_on(tiny, half, 5)
+    cached = sorted((Path(tiny.cfg.cache_dir) / "population").glob("model-*.safetensors"))
+    b = train_on(tiny, half, 5)  # from the cache: one file per (indices, seed, recipe)
+    assert sorted((Path(tiny.cfg.cache_dir) / "population").glob("model-*.safetensors")) == cached
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    c = train_on(tiny, half, 6)
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters(), strict=True))
     forget = np.intersect1d(half, tiny.split.forget)
     retain = np.setdiff1d(half, forget)
     params = {"epochs": 1, "batch_size": 32}

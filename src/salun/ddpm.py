@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from salun.config import Config, load_config, save_config
+from salun.data import IndexedDataset
 from salun.errors import SalunError
 from salun.eval.accuracy import predict
 from salun.eval.fid import feature_extractor
@@ -137,7 +138,7 @@ def train_judge(exp: Experiment) -> tuple[nn.Module, dict[str, Any]]:
     )
     key = hash_obj(
         {
-            "kind": "judge",
+            "kind": "judge-v2",
             "dataset": c.data.name,
             "image_size": c.data.image_size,
             "indices": hash_obj(exp.split.train.tolist()),
@@ -167,16 +168,24 @@ def train_judge(exp: Experiment) -> tuple[nn.Module, dict[str, Any]]:
     loader = cls_exp.task.loader(cls_exp.train, recipe.batch_size, True, c.seed)
     start = time.perf_counter()
     fit(judge, lambda e: [(loader, cls_exp.task.loss)], recipe, None, exp.task.progress, "judge")
-    test_acc = predict(judge, cls_exp.test, cls_exp.task).accuracy
+    seconds = time.perf_counter() - start
+    # held-out accuracy over the whole test set, the forgotten class included
+    full_test = IndexedDataset(exp.bundle.test)
+    pred = predict(judge, full_test, cls_exp.task)
+    forget_class = int(exp.bundle.train.labels[exp.split.forget[0]])
+    in_class = pred.labels == forget_class
     info = {
         "name": f"{g.judge_model} (width {g.judge_width})",
-        "test_acc": test_acc,
-        "seconds": round(time.perf_counter() - start, 3),
+        "test_acc": pred.accuracy,
+        "test_size": len(full_test),
+        "forget_class_test_acc": 100.0
+        * float((pred.predicted[in_class] == forget_class).float().mean()),
+        "seconds": round(seconds, 3),
         "cache_key": key,
     }
     save_weights(judge, path, {k: str(v) for k, v in info.items()})
     info["cache_hit"] = False
-    log.info("judge classifier: test accuracy %.2f%%", test_acc)
+    log.info("judge classifier: test accuracy %.2f%%", info["test_acc"])
     return judge.eval(), info
 
 
@@ -228,7 +237,11 @@ def evaluate_ddpm(
     )
     metrics.update(
         forget_class=forget_class,
-        judge={**judge_info, "definition": "classifier trained on the split's training images"},
+        judge={
+            **judge_info,
+            "definition": "classifier trained on the split's training images (every class); "
+            "test_acc over the whole held-out test set",
+        },
         definitions=DEFINITIONS,
         evaluator_version=GEN_EVAL_VERSION,
     )

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,23 +114,50 @@ def train_on(
     recipe: TrainConfig | None = None,
     desc: str = "train",
 ) -> nn.Module:
-    """A fresh model ``exp.new_model(seed)`` trained on pool ``indices`` (seeded, no cache).
+    """A fresh model ``exp.new_model(seed)`` trained on pool ``indices`` (seeded).
 
     Uses ``recipe`` (default ``exp.cfg.train``) through :func:`salun.run.recipe_optim` and the
-    shared loop :func:`salun.methods._fit.fit`; batches are shuffled with ``seed``.
+    shared loop :func:`salun.methods._fit.fit`; batches are shuffled with ``seed``. The weights
+    are cached in ``cfg.cache_dir`` by (data, indices, model, recipe, seed), so the U-LiRA
+    shadows and retrained references of one split are trained once for every method.
     """
-    from salun.run import recipe_optim  # salun.run imports salun.eval: import late
+    from salun.run import load_weights, recipe_optim, save_weights  # import late (cycle)
 
+    recipe = exp.cfg.train if recipe is None else recipe
+    path = _population_model_path(exp, indices, seed, recipe)
+    model = exp.new_model(seed)
+    if path is not None and path.is_file():
+        return load_weights(model, path).eval()
     data = pool_dataset(exp, indices)
     if len(data) == 0:
         raise SalunError("cannot train a population model on an empty set of examples")
-    recipe = exp.cfg.train if recipe is None else recipe
     task = quiet_task(exp)
     _seed_all(seed)
-    model = exp.new_model(seed)
     loader = task.loader(data, recipe.batch_size, True, seed)
     fit(model, lambda e: [(loader, task.loss)], recipe_optim(recipe), None, False, desc)
+    if path is not None:
+        save_weights(model, path)
     return model
+
+
+def _population_model_path(exp, indices, seed: int, recipe: TrainConfig) -> Path | None:
+    c = exp.cfg
+    if not c.cache_dir:
+        return None
+    key = hash_obj(
+        {
+            "kind": "population-model",
+            "dataset": c.data.name,
+            "image_size": c.data.image_size,
+            "pool": hash_obj(exp.split.train.tolist() + exp.split.test.tolist()),
+            "indices": hash_obj(np.asarray(indices).tolist()),
+            "model": dataclasses.asdict(c.model),
+            "recipe": dataclasses.asdict(recipe),
+            "seed": int(seed),
+            "torch": torch.__version__.split("+")[0],
+        }
+    )[:20]
+    return Path(c.cache_dir) / "population" / f"model-{key}.safetensors"
 
 
 def saliency_mask_for(exp, model: nn.Module, forget_indices) -> SaliencyMask:
