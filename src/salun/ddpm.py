@@ -42,7 +42,6 @@ from salun.run import (
     unlearn_once,
     versions,
 )
-from salun.saliency import SaliencyMask
 from salun.tasks.classification import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -258,26 +257,15 @@ def run_unlearn_ddpm(
     compare: bool = True,
 ) -> dict[str, Any]:
     """Unlearn one class from a DDPM with one method; write model folder, grids and metrics."""
-    from salun.run import method_uses_mask
+    from salun.run import requested_mask, unlearn_in_folder
 
     out = Path(out)
     exp = prepare(cfg, split_path)
     original = load_model(exp, model_path) if model_path is not None else None
     orig_info: dict[str, Any] = {"checkpoint": str(model_path)} if model_path else {}
-    mask: SaliencyMask | bool | None = None
-    if mask_path is not None:
-        mask = SaliencyMask.load(mask_path, exp.new_model())
-    elif cfg.unlearn.method != "retrain":
-        mask = method_uses_mask(cfg)
+    mask = requested_mask(exp, mask_path)
     with run_log(out):
-        save_config(cfg, out / "config.yaml")
-        exp.split.save(out / "split.json")
-        if original is None:
-            original, orig_info = train_model(exp, "original")
-        model, info = unlearn_once(exp, original, cfg.unlearn.method, cfg.unlearn.params, mask)
-        mask_obj = info.pop("_mask_obj", None)
-        if mask_obj is not None:
-            mask_obj.save(out / "mask.safetensors")
+        original, orig_info, model, info, _ = unlearn_in_folder(exp, out, original, orig_info, mask)
         save_ddpm(model, exp, out / "model")
         metrics, images, labels = evaluate_ddpm(exp, model)
         save_grid(images, labels, out / "samples.png")

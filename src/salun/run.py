@@ -410,6 +410,37 @@ def versions() -> dict[str, str]:
     return {"salun": salun.__version__, "torch": torch.__version__, "sklearn": sklearn.__version__}
 
 
+def requested_mask(exp: Experiment, mask_path: str | Path | None) -> SaliencyMask | bool | None:
+    """A mask file (checked against the model), or whether the method computes its own."""
+    if mask_path is not None:
+        return SaliencyMask.load(mask_path, exp.new_model())
+    return None if exp.cfg.unlearn.method == "retrain" else method_uses_mask(exp.cfg)
+
+
+def unlearn_in_folder(
+    exp: Experiment,
+    out: Path,
+    original: nn.Module | None,
+    orig_info: dict[str, Any],
+    mask: SaliencyMask | bool | None,
+) -> tuple[nn.Module, dict[str, Any], nn.Module, dict[str, Any], SaliencyMask | None]:
+    """Save config and split into ``out``, get the original (cached) and unlearn it once.
+
+    Returns (original, its info, unlearned model, run info, the mask used, saved as
+    ``mask.safetensors``).
+    """
+    save_config(exp.cfg, out / "config.yaml")
+    exp.split.save(out / "split.json")
+    if original is None:
+        original, orig_info = train_model(exp, "original")
+    cfg = exp.cfg
+    model, info = unlearn_once(exp, original, cfg.unlearn.method, cfg.unlearn.params, mask)
+    mask_obj = info.pop("_mask_obj", None)
+    if mask_obj is not None:
+        mask_obj.save(out / "mask.safetensors")
+    return original, orig_info, model, info, mask_obj
+
+
 def run_unlearn(
     cfg: Config,
     out: str | Path,
@@ -426,25 +457,13 @@ def run_unlearn(
     out = Path(out)
     exp = prepare(cfg, split_path)
     # Check inputs before anything is written.
-    if model_path is not None:
-        original = load_weights(exp.new_model(), model_path)
-        orig_info: dict[str, Any] = {"checkpoint": str(model_path)}
-    else:
-        original = None
-    mask: SaliencyMask | bool | None = None
-    if mask_path is not None:
-        mask = SaliencyMask.load(mask_path, exp.new_model())
-    elif cfg.unlearn.method != "retrain":
-        mask = method_uses_mask(cfg)
+    original = load_weights(exp.new_model(), model_path) if model_path is not None else None
+    orig_info: dict[str, Any] = {"checkpoint": str(model_path)} if model_path else {}
+    mask = requested_mask(exp, mask_path)
     with run_log(out):
-        save_config(cfg, out / "config.yaml")
-        exp.split.save(out / "split.json")
-        if original is None:
-            original, orig_info = train_model(exp, "original")
-        model, info = unlearn_once(exp, original, cfg.unlearn.method, cfg.unlearn.params, mask)
-        mask_obj = info.pop("_mask_obj", None)
-        if mask_obj is not None:
-            mask_obj.save(out / "mask.safetensors")
+        original, orig_info, model, info, mask_obj = unlearn_in_folder(
+            exp, out, original, orig_info, mask
+        )
         save_weights(model, out / "model.safetensors")
         result: dict[str, Any] = {
             "method": cfg.unlearn.method,

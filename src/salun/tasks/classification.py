@@ -32,6 +32,28 @@ class WithPositions(Dataset):
         return item[0], torch.as_tensor(item[1], dtype=torch.long), i
 
 
+def position_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False
+) -> DataLoader:
+    """A loader of ``(x, y, position)`` batches, shuffled by a generator seeded with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset if isinstance(dataset, WithPositions) else WithPositions(dataset),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=g if shuffle else None,
+        drop_last=drop_last,
+    )
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """All labels of a dataset, in order (uses ``dataset.labels`` when it has them)."""
+    labels = getattr(dataset, "labels", None)
+    if torch.is_tensor(labels) and len(labels) == len(dataset):  # type: ignore[arg-type]
+        return labels.long()
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,18 +106,7 @@ class ClassificationTask:
         seed: int = 0,
         drop_last: bool = False,
     ) -> DataLoader:
-        g = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            dataset if isinstance(dataset, WithPositions) else WithPositions(dataset),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=g if shuffle else None,
-            drop_last=drop_last,
-        )
+        return position_loader(dataset, batch_size, shuffle, seed, drop_last)
 
     def labels_of(self, dataset: Dataset) -> torch.Tensor:
-        """All labels of a dataset, in order (uses ``dataset.labels`` when it has them)."""
-        labels = getattr(dataset, "labels", None)
-        if torch.is_tensor(labels) and len(labels) == len(dataset):  # type: ignore[arg-type]
-            return labels.long()
-        return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+        return dataset_labels(dataset)

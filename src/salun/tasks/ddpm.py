@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from salun.errors import SalunError, unknown_choice
-from salun.tasks.classification import WithPositions
+from salun.tasks.classification import dataset_labels, position_loader
 
 RELABEL = ("next", "random")
 TARGETS = ("current", "frozen")
@@ -162,20 +162,10 @@ class DiffusionTask:
         seed: int = 0,
         drop_last: bool = False,
     ) -> DataLoader:
-        g = torch.Generator().manual_seed(seed)
-        return DataLoader(
-            dataset if isinstance(dataset, WithPositions) else WithPositions(dataset),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=g if shuffle else None,
-            drop_last=drop_last,
-        )
+        return position_loader(dataset, batch_size, shuffle, seed, drop_last)
 
     def labels_of(self, dataset: Dataset) -> torch.Tensor:
-        labels = getattr(dataset, "labels", None)
-        if torch.is_tensor(labels) and len(labels) == len(dataset):  # type: ignore[arg-type]
-            return labels.long()
-        return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+        return dataset_labels(dataset)
 
     @torch.no_grad()
     def mean_loss(self, model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
