@@ -72,22 +72,24 @@ def main() -> None:
             if name != "retrain":
                 cfg.unlearn.method, cfg.unlearn.params = name, params
                 mask = method_uses_mask(cfg)
-            t0 = time.perf_counter()
-            e = epsilon_score(
-                exp,
-                name,
-                params,
-                use_mask=mask,
-                n_models=args.models,
-                original=original,
-                reference=reference,
-            )
-            row = {
-                "F": e["forgetting_quality"],
-                "final": e["final_score"],
-                "eps_mean": e["epsilon_mean"],
-                "eps_seconds": round(time.perf_counter() - t0, 1),
-            }
+            row: dict[str, float] = {}
+            if reference is not None:
+                t0 = time.perf_counter()
+                e = epsilon_score(
+                    exp,
+                    name,
+                    params,
+                    use_mask=mask,
+                    n_models=args.models,
+                    original=original,
+                    reference=reference,
+                )
+                row.update(
+                    F=e["forgetting_quality"],
+                    final=e["final_score"],
+                    eps_mean=e["epsilon_mean"],
+                    eps_seconds=round(time.perf_counter() - t0, 1),
+                )
             if args.shadows:
                 t0 = time.perf_counter()
                 u = ulira(
