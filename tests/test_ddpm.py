@@ -61,6 +61,8 @@ def test_unsupported_method_for_the_task_is_one_clear_error():
         load_config("smoke/ddpm", ["data.scenario=random", "data.forget_ratio=0.1"])
     with pytest.raises(SalunError, match="diffusion.sampler.*ddim"):
         load_config("smoke/ddpm", ["diffusion.sampler=euler"])
+    with pytest.raises(SalunError, match="eval.ulira and eval.epsilon attack classifiers"):
+        load_config("smoke/ddpm", ["eval.epsilon=true"])
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

@@ -331,6 +331,12 @@ def _check_diffusion(cfg: Config) -> None:
         raise SalunError(
             f"task ddpm erases a class: data.scenario must be 'class', got {cfg.data.scenario!r}"
         )
+    if cfg.eval.ulira or cfg.eval.epsilon:
+        raise SalunError(
+            "eval.ulira and eval.epsilon attack classifiers; turn them off for task ddpm"
+        )
+    if cfg.bench is not None:
+        raise SalunError("salun bench runs classification studies; task ddpm has no bench yet")
     _check_choice("diffusion.beta_schedule", g.beta_schedule, tuple(BETA_SCHEDULES))
     _check_choice("diffusion.sampler", g.sampler, SAMPLERS)
     _check_choice("diffusion.relabel", g.relabel, RELABEL)
