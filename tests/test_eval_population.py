@@ -197,8 +197,10 @@ def test_epsilon_score_end_to_end(tiny):
     n = 4
     reference = retrain_population(tiny, n)
     assert reference.confs.shape == (n, len(tiny.split.forget))
-    again = retrain_population(tiny, n)  # shared across methods through the cache
-    assert again.meta.get("cache_hit") and np.array_equal(again.confs, reference.confs)
+    cached = sorted((Path(tiny.cfg.cache_dir) / "population").glob("model-*.safetensors"))
+    again = retrain_population(tiny, n)  # shared across methods through the model cache
+    assert sorted((Path(tiny.cfg.cache_dir) / "population").glob("model-*.safetensors")) == cached
+    assert np.array_equal(again.confs, reference.confs)
     assert again.ra == reference.ra and again.seeds == reference.seeds
     retrain = epsilon_score(tiny, "retrain", n_models=n, reference=reference)
     originals = _population(tiny, model_seeds(1, n, "eps-unlearn"))

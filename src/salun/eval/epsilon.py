@@ -44,16 +44,13 @@ a peaky population, or stay perfectly separable from Retrain).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from salun.errors import SalunError
@@ -68,7 +65,6 @@ from salun.eval.population import (
     train_on,
     unlearn_copy,
 )
-from salun.io import hash_obj, load_tensors, read_metadata, save_tensors
 from salun.saliency import SaliencyMask
 
 log = logging.getLogger(__name__)
@@ -247,26 +243,12 @@ def _measure(exp, model: nn.Module) -> tuple[np.ndarray, float, float]:
 def retrain_population(exp, n_models: int = 4, seed: int | None = None) -> Population:
     """N models trained from scratch on D_r (retrain recipe), seeds from stream 'eps-retrain'.
 
-    Reusable across methods: pass it as ``reference`` to :func:`epsilon_score`. The population's
-    outputs (not its weights) are cached in ``cfg.cache_dir`` by (data, split, model, recipe, N,
-    seed), so every method of a bench on the same split shares one retrained population.
+    Reusable across methods: pass it as ``reference`` to :func:`epsilon_score`. The models come
+    from the population cache of :func:`salun.eval.population.train_on`, so every method (and
+    every bench run) on the same split shares one trained population.
     """
     seed = exp.cfg.seed if seed is None else seed
     seeds = model_seeds(seed, n_models, "eps-retrain")
-    path = _population_cache(exp, n_models, seed)
-    if path is not None and path.is_file():
-        saved = load_tensors(path)
-        meta = read_metadata(path)
-        log.info("epsilon: retrain population from cache %s", path)
-        return Population(
-            RETRAIN,
-            saved["confs"].numpy(),
-            saved["ra"].tolist(),
-            saved["ta"].tolist(),
-            seeds,
-            float(meta.get("seconds", 0.0)),
-            {"cache_hit": True},
-        )
     start = time.perf_counter()
     confs, ra, ta = [], [], []
     with progress_bar(exp, n_models, "epsilon: retrain population") as bar:
@@ -277,39 +259,7 @@ def retrain_population(exp, n_models: int = 4, seed: int | None = None) -> Popul
             ra.append(a)
             ta.append(t)
             bar.update(1)
-    pop = Population(RETRAIN, np.stack(confs), ra, ta, seeds, time.perf_counter() - start)
-    if path is not None:
-        save_tensors(
-            path,
-            {
-                "confs": torch.as_tensor(pop.confs),
-                "ra": torch.tensor(ra, dtype=torch.float64),
-                "ta": torch.tensor(ta, dtype=torch.float64),
-            },
-            {"seconds": str(round(pop.seconds, 3)), "seeds": json.dumps(seeds)},
-        )
-    return pop
-
-
-def _population_cache(exp, n_models: int, seed: int) -> Path | None:
-    c = exp.cfg
-    if not c.cache_dir:
-        return None
-    key = hash_obj(
-        {
-            "kind": "eps-retrain-population",
-            "dataset": c.data.name,
-            "image_size": c.data.image_size,
-            "split": exp.split.hash,
-            "model": asdict(c.model),
-            "recipe": asdict(c.retrain_recipe),
-            "n_models": n_models,
-            "seed": seed,
-            "eval_batch": c.eval.batch_size,
-            "torch": torch.__version__.split("+")[0],
-        }
-    )[:20]
-    return Path(c.cache_dir) / f"eps-retrain-{key}.safetensors"
+    return Population(RETRAIN, np.stack(confs), ra, ta, seeds, time.perf_counter() - start)
 
 
 def unlearn_population(
