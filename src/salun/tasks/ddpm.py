@@ -67,7 +67,6 @@ class DiffusionTask:
     relabel_mode: str = "next"
     target: str = "current"
     seed: int = 0
-    channels_last: bool = False  # accepted for symmetry with the classification task
     name: str = "ddpm"
     retain_weight: float = 1e-3  # default alpha of SalUn's paper form (Fan et al., DDPM setting)
 
