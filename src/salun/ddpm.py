@@ -24,7 +24,7 @@ from torch import nn
 
 from salun.config import Config, load_config, save_config
 from salun.data import IndexedDataset
-from salun.errors import SalunError
+from salun.errors import SalunError, require_extra
 from salun.eval.accuracy import predict
 from salun.eval.fid import feature_extractor
 from salun.eval.generation import DEFINITIONS, GEN_EVAL_VERSION, sample_and_score, save_grid
@@ -90,6 +90,7 @@ def save_ddpm(model: Any, exp: Experiment, folder: str | Path) -> Path:
 
 def load_ddpm(folder: str | Path):
     """(unet, scheduler, meta) from a folder written by :func:`save_ddpm`."""
+    require_extra("diffusers", "generation")
     from diffusers import DDPMScheduler, UNet2DModel
 
     folder = Path(folder)

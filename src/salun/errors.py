@@ -19,3 +19,13 @@ def unknown_choice(kind: str, value: object, allowed: Iterable[str]) -> SalunErr
     close = difflib.get_close_matches(str(value), allowed, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return SalunError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}.{hint}")
+
+
+def require_extra(module: str, extra: str) -> None:
+    """Fail with one line when an optional dependency (``pip install 'salun[extra]'``) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise SalunError(
+            f"this needs the optional package {module!r}: pip install 'salun[{extra}]'"
+        )

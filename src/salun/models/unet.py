@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from salun.errors import SalunError
+from salun.errors import SalunError, require_extra
 
 
 def build_unet(
@@ -34,6 +34,7 @@ def build_unet(
         layers_per_block: ResNet blocks per level.
         attention: self-attention at the lowest resolution (slower on a CPU).
     """
+    require_extra("diffusers", "generation")
     from diffusers import UNet2DModel
 
     widths = tuple(int(w) for w in widths)

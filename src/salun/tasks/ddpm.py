@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from salun.errors import SalunError, unknown_choice
+from salun.errors import SalunError, require_extra, unknown_choice
 from salun.tasks.classification import dataset_labels, position_loader
 
 RELABEL = ("next", "random")
@@ -42,6 +42,7 @@ SAMPLERS = ("ddim", "ddpm")
 
 def make_scheduler(timesteps: int = 1000, beta_schedule: str = "linear"):
     """The training noise schedule as a diffusers ``DDPMScheduler`` (linear 1e-4..0.02 or cosine)."""
+    require_extra("diffusers", "generation")
     from diffusers import DDPMScheduler
 
     if beta_schedule not in BETA_SCHEDULES:
@@ -202,6 +203,7 @@ def sample(
     for a seed: the initial noise and the DDPM step noise come from one seeded generator, and each
     chunk of ``batch_size`` labels gets its own stream so results do not depend on chunking order.
     """
+    require_extra("diffusers", "generation")
     from diffusers import DDIMScheduler, DDPMScheduler
     from tqdm.auto import tqdm
 
