@@ -1,10 +1,24 @@
-"""salun: machine unlearning with weight saliency (SalUn, Fan et al., ICLR 2024) and baselines."""
+"""salun: machine unlearning with weight saliency (SalUn, Fan et al., ICLR 2024) and baselines.
+
+The public names are imported on first use (PEP 562), so ``import salun`` and ``salun --help``
+do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from salun.api import evaluate, unlearn  # noqa: E402
-from salun.methods import get_method, list_methods  # noqa: E402
-from salun.saliency import SaliencyMask, compute_saliency_mask  # noqa: E402
+_PUBLIC = {
+    "evaluate": "salun.api",
+    "unlearn": "salun.api",
+    "get_method": "salun.methods",
+    "list_methods": "salun.methods",
+    "SaliencyMask": "salun.saliency",
+    "compute_saliency_mask": "salun.saliency",
+}
 
 __all__ = [
     "SaliencyMask",
@@ -14,3 +28,20 @@ __all__ = [
     "list_methods",
     "unlearn",
 ]
+
+if TYPE_CHECKING:
+    from salun.api import evaluate, unlearn
+    from salun.methods import get_method, list_methods
+    from salun.saliency import SaliencyMask, compute_saliency_mask
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'salun' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
