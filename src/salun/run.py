@@ -126,7 +126,7 @@ def prepare(cfg: Config, split_path: str | Path | None = None) -> Experiment:
             raise SalunError(
                 f"split {str(split_path)!r} is for dataset {split.dataset!r}, config says {d.name!r}"
             )
-        split.check(len(bundle.train), len(bundle.test), str(split_path))
+        split.check(len(bundle.train), len(bundle.test), f"split file {str(split_path)!r}")
     else:
         split = make_split(
             bundle.train.labels.numpy(),

@@ -85,7 +85,7 @@ FEATURE_FORMAT = "salun-features-v1"
 ARCH_KEYS = ("model", "num_classes", "in_channels", "image_size", "width")
 
 
-def save_feature_network(model: nn.Module, path: str | Path, **arch: Any) -> None:
+def save_feature_network(network: nn.Module, path: str | Path, **arch: Any) -> None:
     """Write a feature network as safetensors weights plus its architecture in the metadata.
 
     ``arch``: ``model`` (a name of :data:`salun.models.MODELS`), ``num_classes``,
@@ -97,7 +97,7 @@ def save_feature_network(model: nn.Module, path: str | Path, **arch: Any) -> Non
     if missing:
         raise SalunError(f"feature network architecture lacks {', '.join(missing)}")
     meta = {"format": FEATURE_FORMAT, **{k: str(arch[k]) for k in ARCH_KEYS}}
-    save_tensors(path, model.state_dict(), meta)
+    save_tensors(path, network.state_dict(), meta)
 
 
 class NetworkFeatures(ClassifierFeatures):
