@@ -23,12 +23,13 @@ AUDIT_FORMAT = "salun-audit-v1"
 
 
 def _files(folder: Path) -> list[str]:
-    """Relative paths of every plain file in ``folder`` (recursively), except audit.json."""
+    """Relative paths of every plain file in ``folder`` (recursively), except audit.json and
+    the INCOMPLETE marker of a folder still being built (verify_audit refuses such folders)."""
     out = []
     for root, _dirs, names in os.walk(folder):
         for name in names:
             rel = (Path(root) / name).relative_to(folder).as_posix()
-            if rel != AUDIT_FILE:
+            if rel not in (AUDIT_FILE, INCOMPLETE):  # the marker goes before the rename
                 out.append(rel)
     return sorted(out)
 
