@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from salun.bench.grid import RunSpec, expand_grid
 from salun.config import Config
 from salun.errors import SalunError
-from salun.io import hash_obj, write_json, write_text
+from salun.io import hash_obj, sha256_bytes, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def run_bench(
                 continue
             if state in ("stale", "corrupt"):
                 old = folder / "metrics.json"
-                old.rename(folder / f"metrics.{state}-{hash_obj(old.read_bytes())[:12]}.json")
+                old.rename(folder / f"metrics.{state}-{sha256_bytes(old.read_bytes())[:12]}.json")
                 log.info("%s: metrics.json is %s; running it again", spec.name, state)
             _prepare_run(spec, folder, cache, want)
             ok = _execute(folder, timeout)
