@@ -53,8 +53,8 @@ def test_kill_bench_parent_only_then_rerun(tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": SRC}
     cmd = [sys.executable, "-m", "salun", "bench", *TINY, "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.time() + 120
-    while len(_done(out / "executions.log")) < 2 or not _workers_of(out):
+    end = time.time() + 400  # generous: a loaded 2-core machine
+    while len(_done(out / "executions.log")) < 1 or not _workers_of(out):
         assert time.time() < end and proc.poll() is None
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)  # the parent only; its worker is mid-run
@@ -64,7 +64,7 @@ def test_kill_bench_parent_only_then_rerun(tmp_path, capsys):
         assert time.time() < end, "the worker outlived the bench parent"
         time.sleep(0.05)
     finished = set(_done(out / "executions.log"))
-    assert 2 <= len(finished) < 4
+    assert 1 <= len(finished) < 4
     capsys.readouterr()
     assert main(["bench", *TINY, "--out", str(out), "--no-progress"]) == 0
     assert f"{4 - len(finished)} run, {len(finished)} already done" in capsys.readouterr().out
