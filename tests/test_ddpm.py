@@ -12,7 +12,7 @@ from torch import nn
 from salun.cli import main
 from salun.config import load_config
 from salun.errors import SalunError
-from salun.eval.fid import feature_extractor, frechet_distance
+from salun.eval.fid import ClassifierFeatures, feature_extractor, frechet_distance
 from salun.eval.generation import generation_metrics, save_grid
 from salun.methods import UnlearnData, get_method, list_methods
 from salun.run import prepare, reseed, train_model
@@ -225,29 +225,30 @@ def test_generation_metrics_count_ua_and_per_class_accuracy():
 
 
 def test_user_supplied_feature_networks_and_grid(tmp_path):
-    import warnings
+    from salun.eval.fid import save_feature_network
+    from salun.models import build_model
 
-    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5)).eval()
-    batch = torch.export.Dim("batch")
-    program = torch.export.export(net, (torch.rand(4, 3, 8, 8),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(tmp_path / "feat.pt2"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(net).save(str(tmp_path / "feat.pt"))
+    torch.manual_seed(0)
+    net = build_model("cnn", num_classes=5, in_channels=3, image_size=8, width=4).eval()
+    arch = dict(model="cnn", num_classes=5, in_channels=3, image_size=8, width=4)
+    save_feature_network(net, tmp_path / "feat.safetensors", **arch)
     x = torch.rand(70, 1, 16, 16)  # 70 > one chunk of 64: the last chunk has another size
-    expected = None
-    for name, kind in (("feat.pt2", "export"), ("feat.pt", "torchscript")):
-        f = feature_extractor(str(tmp_path / name), None, input_size=8)
-        assert f.name == f"{kind}:{name}"
-        feats = f(x)
-        assert feats.shape == (70, 5)  # grey -> 3 channels, resized to 8
-        expected = feats if expected is None else expected
-        assert np.allclose(feats, expected, atol=1e-5)
-    (tmp_path / "junk.pt2").write_bytes(b"not a program")
-    with pytest.raises(SalunError, match="does not load as a torch.export program"):
-        feature_extractor(str(tmp_path / "junk.pt2"), None)
+    f = feature_extractor(str(tmp_path / "feat.safetensors"), None)
+    assert f.name == "cnn:feat.safetensors"
+    feats = f(x)
+    assert feats.shape == (70, 16)  # grey -> 3 channels, resized to the recorded 8 x 8
+    want = ClassifierFeatures(net)(
+        torch.nn.functional.interpolate(x.repeat(1, 3, 1, 1), size=(8, 8), mode="bilinear")
+    )
+    assert np.allclose(feats, want, atol=1e-6)
+    for bad in ("feat.pt2", "feat.pt"):
+        with pytest.raises(SalunError, match="executable formats .* are refused"):
+            feature_extractor(str(tmp_path / bad), None)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SalunError, match="not a readable safetensors file"):
+        feature_extractor(str(tmp_path / "junk.safetensors"), None)
     with pytest.raises(SalunError, match="does not exist"):
-        feature_extractor(str(tmp_path / "missing.pt"), None)
+        feature_extractor(str(tmp_path / "missing.safetensors"), None)
     from PIL import Image
 
     save_grid(torch.rand(20, 1, 16, 16), torch.arange(4).repeat_interleave(5), tmp_path / "g.png")

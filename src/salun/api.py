@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from salun.errors import SalunError
 from salun.eval import evaluate_classifier
@@ -29,21 +29,113 @@ def _dataset(data: Dataset | DataLoader, what: str) -> Dataset:
     return data
 
 
-def _num_classes(model: nn.Module, dataset: Dataset, device: torch.device) -> int:
-    x = dataset[0][0]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.as_tensor(x)[None].to(device))
-    model.train(was_training)
-    return int(out.shape[-1])
+def _first_item(dataset: Dataset, what: str) -> tuple[torch.Tensor, Any]:
+    item = dataset[0]
+    if not isinstance(item, tuple | list) or len(item) < 2:
+        raise SalunError(
+            f"{what} items must be (input, label, ...) tuples; got {type(item).__name__}"
+        )
+    x = item[0]
+    if not torch.is_tensor(x):
+        raise SalunError(f"{what} inputs must be tensors, got {type(x).__name__}")
+    return x, item[1]
 
 
-def _task(model: nn.Module, dataset: Dataset, num_classes: int | None, device: str, progress: bool):
+def _labels(dataset: Dataset, what: str) -> torch.Tensor:
+    """Every label of ``dataset`` as int64 (cheap for TensorDataset and salun datasets)."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        raw: Any = dataset.tensors[1]
+    elif torch.is_tensor(getattr(dataset, "labels", None)):
+        raw = dataset.labels  # type: ignore[attr-defined]
+    else:
+        raw = []
+        for i in range(len(dataset)):  # type: ignore[arg-type]
+            item = dataset[i]
+            if not isinstance(item, tuple | list) or len(item) < 2:
+                raise SalunError(f"{what} item {i} has no label; items must be (input, label)")
+            raw.append(item[1])
+    try:
+        labels = torch.as_tensor(raw)
+    except (TypeError, ValueError, RuntimeError):
+        raise SalunError(f"{what} labels must be integers") from None
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1:
+        raise SalunError(
+            f"{what} labels must be integer class indices (one per item), got dtype "
+            f"{labels.dtype} and shape {tuple(labels.shape)}"
+        )
+    return labels.long()
+
+
+def _check_data(model: nn.Module, parts: dict[str, Dataset], device: torch.device) -> int:
+    """Check inputs and labels of every dataset against the model; return its class count.
+
+    Wrong shapes, dtypes, missing labels and labels out of range are one-line SalunErrors
+    here, before any training, instead of raw IndexError / RuntimeError deep in a loop.
+    """
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    want = params[0].dtype if params else torch.float32
+    shape = None
+    n_out = None
+    for what, ds in parts.items():
+        if len(ds) == 0:  # type: ignore[arg-type]
+            continue
+        x, _ = _first_item(ds, what)
+        if not x.is_floating_point():
+            raise SalunError(f"{what} inputs must be floating-point tensors, got {x.dtype}")
+        if x.dtype != want:
+            raise SalunError(
+                f"{what} inputs are {x.dtype} but the model's weights are {want}; convert one"
+            )
+        if shape is None:
+            shape = tuple(x.shape)
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    out = model(x[None].to(device))
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise SalunError(
+                    f"the model cannot run on {what} inputs of shape {shape}: {first}"
+                ) from None
+            finally:
+                model.train(was_training)
+            if not torch.is_tensor(out) or out.ndim != 2:
+                raise SalunError(
+                    f"the model must return logits of shape (batch, classes), got "
+                    f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}"
+                )
+            n_out = int(out.shape[-1])
+        elif tuple(x.shape) != shape:
+            raise SalunError(
+                f"{what} inputs have shape {tuple(x.shape)} but the first set's have {shape}"
+            )
+        labels = _labels(ds, what)
+        bad = labels[(labels < 0) | (labels >= n_out)]
+        if len(bad):
+            raise SalunError(
+                f"{what} label {int(bad[0])} is out of range for a model with {n_out} outputs "
+                f"(allowed 0..{n_out - 1})"
+            )
+    return n_out or 0
+
+
+def _task(
+    model: nn.Module,
+    parts: dict[str, Dataset],
+    num_classes: int | None,
+    device: str,
+    progress: bool,
+):
+    from salun.config import check_device
+
+    check_device(device)
     dev = resolve_device(device)
     model.to(dev)
-    n = num_classes or _num_classes(model, dataset, dev)
-    return ClassificationTask(num_classes=n, device=dev, progress=progress)
+    n = _check_data(model, parts, dev)
+    if num_classes is not None and num_classes != n:
+        raise SalunError(f"num_classes={num_classes} but the model has {n} outputs")
+    return ClassificationTask(num_classes=num_classes or n, device=dev, progress=progress)
 
 
 def unlearn(
@@ -77,7 +169,8 @@ def unlearn(
     forget_ds, retain_ds = _dataset(forget, "forget"), _dataset(retain, "retain")
     if len(forget_ds) == 0:  # type: ignore[arg-type]
         raise SalunError("the forget set is empty: there is nothing to unlearn")
-    task = _task(model, forget_ds, num_classes, device, progress)
+    parts = {"forget": forget_ds, "retain": retain_ds}
+    task = _task(model, parts, num_classes, device, progress)
     torch.manual_seed(seed)
     if mask is True:
         mask = compute_saliency_mask(model, forget_ds, task, mask_ratio)
@@ -100,5 +193,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """UA, RA, TA and MIA-Efficacy (percent), with their definitions and evaluator version."""
     f, r, t = _dataset(forget, "forget"), _dataset(retain, "retain"), _dataset(test, "test")
-    task = _task(model, t, num_classes, device, False)
+    if batch_size < 1:
+        raise SalunError(f"batch_size must be >= 1, got {batch_size}")
+    task = _task(model, {"forget": f, "retain": r, "test": t}, num_classes, device, False)
     return evaluate_classifier(model, f, r, t, task, mia_seed, batch_size)

@@ -8,8 +8,10 @@ removed again when it fails, so no partial results are left behind.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from salun.errors import SalunError
+from salun.io import check_out, staged_folder
 
 
 def _split_items(items: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -100,10 +103,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from salun.io import write_json
     from salun.run import evaluate, prepare, run_log, save_weights, train_model, versions
 
+    check_out(args.out, args.overwrite)
     cfg = _config(args)
     exp = prepare(cfg, args.split)
-    out = Path(args.out)
-    with run_log(out):
+    with staged_folder(args.out) as out, run_log(out):
         save_config(cfg, out / "config.yaml")
         exp.split.save(out / "split.json")
         model, info = train_model(exp, args.kind)
@@ -111,12 +114,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             from salun.ddpm import evaluate_ddpm, save_ddpm
             from salun.eval.generation import save_grid
 
-            target = save_ddpm(model, exp, out / "model")
+            save_ddpm(model, exp, out / "model")
+            target = Path(args.out) / "model"
             metrics, images, labels = evaluate_ddpm(exp, model)
             save_grid(images, labels, out / "samples.png")
         else:
-            target = out / "model.safetensors"
-            save_weights(model, target)
+            save_weights(model, out / "model.safetensors")
+            target = Path(args.out) / "model.safetensors"
             metrics = evaluate(exp, model)
         write_json(
             out / "metrics.json",
@@ -143,11 +147,11 @@ def cmd_mask(args: argparse.Namespace) -> int:
     from salun.run import prepare, run_log, train_model
     from salun.saliency import compute_saliency_mask
 
+    check_out(args.out, args.overwrite)
     cfg = _config(args)
     exp = prepare(cfg, args.split)
     model = _load(exp, args.model) if args.model else None
-    out = Path(args.out)
-    with run_log(out):
+    with staged_folder(args.out) as out, run_log(out):
         save_config(cfg, out / "config.yaml")
         exp.split.save(out / "split.json")
         if model is None:
@@ -159,7 +163,7 @@ def cmd_mask(args: argparse.Namespace) -> int:
         mask.save(out / "mask.safetensors")
     print(
         f"mask: {mask.selected} of {mask.total} weights salient ({100 * mask.fraction:.2f}%) "
-        f"in {mask.meta['seconds']}s -> {out / 'mask.safetensors'}"
+        f"in {mask.meta['seconds']}s -> {Path(args.out) / 'mask.safetensors'}"
     )
     return 0
 
@@ -168,7 +172,16 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     from salun.run import run_unlearn
 
     cfg = _config(args)
-    r = run_unlearn(cfg, args.out, args.model, args.mask, args.split, compare=not args.no_compare)
+    r = run_unlearn(
+        cfg,
+        args.out,
+        args.model,
+        args.mask,
+        args.split,
+        compare=not args.no_compare,
+        overwrite=args.overwrite,
+        force=args.force,
+    )
     print(
         f"{cfg.unlearn.method} on {cfg.data.name} ({cfg.data.scenario}), seed {cfg.seed}: "
         f"RTE {r['run']['rte_seconds']:.2f}s"
@@ -241,10 +254,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from salun.ddpm import load_ddpm
-    from salun.eval.generation import save_grid
-    from salun.io import save_tensors
     from salun.tasks.ddpm import sample
 
+    check_out(args.out, args.overwrite)
+    if not math.isfinite(args.guidance if args.guidance is not None else 0.0):
+        raise SalunError(f"--guidance must be a finite number, got {args.guidance}")
+    if args.steps < 1 or args.seed < 0:
+        raise SalunError(f"--steps must be >= 1 and --seed >= 0, got {args.steps}, {args.seed}")
     unet, scheduler, meta = load_ddpm(args.model)
     k = int(meta.get("num_classes", unet.config.num_class_embeds - 1))
     if args.classes:
@@ -274,7 +290,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    out = Path(args.out)
+    if not bool(images.isfinite().all()):
+        raise SalunError(f"model {args.model!r} produced non-finite samples (NaN or inf)")
+    with staged_folder(args.out) as out:
+        _save_samples(out, images, labels, w, args)
+    print(f"{len(labels)} samples (classes {classes}, w={w}, {args.sampler} {args.steps} steps)")
+    print(f"grid: {Path(args.out) / 'grid.png'}  tensors: {Path(args.out) / 'samples.safetensors'}")
+    return 0
+
+
+def _save_samples(out: Path, images, labels, w: float, args: argparse.Namespace) -> None:
+    from salun.eval.generation import save_grid
+    from salun.io import save_tensors
+
     save_grid(images, labels, out / "grid.png", per_row=min(args.n, 16))
     save_tensors(
         out / "samples.safetensors",
@@ -287,9 +315,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "model": str(args.model),
         },
     )
-    print(f"{len(labels)} samples (classes {classes}, w={w}, {args.sampler} {args.steps} steps)")
-    print(f"grid: {out / 'grid.png'}  tensors: {out / 'samples.safetensors'}")
-    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -332,6 +357,29 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from salun.audit import verify_audit
+
+    r = verify_audit(args.folder)
+    f = r["forgotten"]
+    what = (
+        f"class {f['forget_class']} ({f['forget_class_name']})"
+        if f.get("forget_class") is not None
+        else f"{f['count']} training images"
+    )
+    print(
+        f"run {args.folder}: {r['method']} on {f['dataset']} ({f['scenario']}), created {r['created']}"
+    )
+    print(f"  forgotten: {what}; forget indices sha256 {f['indices_hash']}")
+    print(f"  original model sha256 {r['original_model_hash']}")
+    print(f"  result model sha256   {r['result_model_hash']}")
+    for name, m in r.get("metrics", {}).items():
+        print(f"  {name}: " + "  ".join(f"{k} {v:.2f}" for k, v in m.items()))
+    print(f"  versions: {', '.join(f'{k} {v}' for k, v in r.get('versions', {}).items())}")
+    print(f"  {len(r['files'])} files verified (sha256 as recorded)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from salun.bench import build_report
 
@@ -355,7 +403,10 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     if out:
-        p.add_argument("--out", required=True, help="run folder")
+        p.add_argument("--out", required=True, help="run folder (new or empty)")
+        p.add_argument(
+            "--overwrite", action="store_true", help="replace a non-empty --out (atomically)"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="original model (safetensors); default: train or cache")
     p.add_argument("--mask", help="saliency mask (safetensors); default: computed when used")
     p.add_argument("--no-compare", action="store_true", help="skip original/Retrain metrics")
+    p.add_argument(
+        "--force", action="store_true", help="use a --mask recorded for another model anyway"
+    )
     p.set_defaults(func=cmd_unlearn)
 
     p = sub.add_parser("eval", help="evaluate a model on a split (UA, MIA-Efficacy, RA, TA)")
@@ -390,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a class-conditional DDPM folder into a PNG grid")
     p.add_argument("--model", required=True, help="DDPM folder (unet/, scheduler/, salun.json)")
     p.add_argument("--out", required=True, help="folder for grid.png and samples.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--classes", help="comma-separated class indices (default: all)")
     p.add_argument("--n", type=int, default=8, help="samples per class")
     p.add_argument("--guidance", type=float, help="CFG weight w (default: the model's)")
@@ -416,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="model cache (default: OUT/cache)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("audit", help="print a run's audit.json and verify every file's sha256")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("report", help="tables and plots from a bench folder")
     p.add_argument("folder")
@@ -464,12 +523,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     fresh = out is not None and args.command not in ("bench", "tune") and not Path(out).exists()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        return _run(func, args, out, fresh)
+    finally:
+        logging.getLogger().removeHandler(handler)  # main() may run many times in one process
+
+
+def _run(func: Callable[[argparse.Namespace], int], args, out: str | None, fresh: bool) -> int:
+    try:
         return func(args)
-    except SalunError as e:
-        if fresh and out is not None:
+    except KeyboardInterrupt:
+        if fresh and out:
             shutil.rmtree(out, ignore_errors=True)
-        print(f"salun: error: {e}", file=sys.stderr)
+        print("salun: interrupted; no result was written for this command", file=sys.stderr)
+        return 130
+    except (SalunError, OSError, MemoryError, RuntimeError) as e:
+        line = _one_line(e)
+        if line is None:
+            raise  # a bug, not bad input: keep the traceback
+        if fresh and out:
+            shutil.rmtree(out, ignore_errors=True)
+        print(f"salun: error: {line}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: BaseException) -> str | None:
+    """The one-line message for bad input or a failing machine; None for anything else."""
+    if isinstance(e, SalunError):
+        return " ".join(str(e).split())
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        if e.errno == errno.ENOSPC:
+            return f"no space left on device{where}; free some space and run again"
+        return f"{e.strerror or e}{where}"
+    if isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e):
+        return "out of memory; use a smaller data.image_size, batch size or model"
+    return None
 
 
 if __name__ == "__main__":

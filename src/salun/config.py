@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from salun.checks import check_value, field_types
 from salun.errors import SalunError, unknown_choice
 
 SCENARIOS = ("random", "class")
@@ -106,8 +107,10 @@ class DiffusionConfig:
     samples_per_class: int = 50  # evaluation samples per class
     relabel: str = "next"  # c' for the forget class: next | random
     target: str = "current"  # relabelling target from the current model or a frozen copy
-    fid_features: str = "classifier"  # classifier (penultimate) | path to a TorchScript network
-    fid_input_size: int = 299  # resize for a TorchScript extractor (0: keep)
+    # classifier (the judge's penultimate features) | path to a .safetensors feature network
+    # written by salun.eval.fid.save_feature_network (an architecture salun builds in code)
+    fid_features: str = "classifier"
+    fid_input_size: int = 0  # resize for a feature network file (0: its recorded image size)
     judge_model: str = "cnn"  # the classifier that judges samples (trained on the same data)
     judge_width: int = 16
     judge_epochs: int = 30
@@ -153,32 +156,23 @@ class Config:
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, type-checking every field from its annotation."""
     if not isinstance(data, dict):
         raise SalunError(f"{where or 'config'} must be a mapping, got {data!r}")
     names = {f.name: f for f in fields(cls)}
+    types_ = field_types(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in names:
+        if not isinstance(key, str) or key not in names:
             raise unknown_choice(f"config key in {where or 'config'}", key, names)
         f = names[key]
         sub = _nested_type(cls, f)
+        here = f"{where}.{key}".strip(".")
         if sub is not None and value is not None:
-            kwargs[key] = _from_dict(sub, value, f"{where}.{key}".strip("."))
+            kwargs[key] = _from_dict(sub, value, here)
         else:
-            kwargs[key] = _coerce_scalar(value, str(f.type), f"{where}.{key}".strip("."))
+            kwargs[key] = check_value(value, types_.get(key, Any), here)
     return cls(**kwargs)
-
-
-def _coerce_scalar(value: Any, annotation: str, where: str) -> Any:
-    """YAML 1.1 reads ``5e-4`` as a string; accept it where the field is a float."""
-    if isinstance(value, str) and "float" in annotation:
-        try:
-            return float(value)
-        except ValueError:
-            raise SalunError(f"{where} must be a number, got {value!r}") from None
-    if isinstance(value, int) and not isinstance(value, bool) and annotation.startswith("float"):
-        return float(value)
-    return value
 
 
 _NESTED = {
@@ -209,19 +203,43 @@ def preset_names() -> list[str]:
     return sorted(out)
 
 
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where it is."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{at}".split())
+
+
+def _parse_yaml(text: str, what: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:  # syntax errors, and tags such as !!python/object (refused)
+        raise SalunError(f"{what} is not valid YAML: {_yaml_error(e)}") from None
+
+
 def _read_preset(name: str) -> dict[str, Any]:
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise SalunError(f"config file {name!r} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise SalunError(
+                f"config file {name!r} is not UTF-8 text (byte {e.start}); save it as UTF-8"
+            ) from None
+        except OSError as e:
+            raise SalunError(f"cannot read config file {name!r}: {e.strerror}") from None
+        what = f"config file {name!r}"
     else:
         if name not in preset_names():
             raise unknown_choice("preset", name, preset_names())
         text = (resources.files("salun") / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
+        what = f"preset {name!r}"
+    data = _parse_yaml(text, what) or {}
     if not isinstance(data, dict):
-        raise SalunError(f"preset {name!r} is not a mapping")
+        raise SalunError(f"{what} is not a mapping of config keys")
     return data
 
 
@@ -229,9 +247,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise SalunError(f"override {item!r} is not key=value (e.g. unlearn.method=ga)")
     key, raw = item.split("=", 1)
-    if not key:
+    if not key or "" in key.split("."):
         raise SalunError(f"override {item!r} has an empty key")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else None
+    return key.split("."), _parse_yaml(raw, f"override {item!r}") if raw != "" else None
 
 
 def _set(tree: dict[str, Any], keys: list[str], value: Any) -> None:
@@ -277,6 +295,11 @@ def _check_recipe(t: TrainConfig, where: str) -> None:
             f"{where}: epochs must be >= 0, batch_size >= 1, lr > 0 "
             f"(got epochs={t.epochs}, batch_size={t.batch_size}, lr={t.lr})"
         )
+    _at_least(f"{where}.momentum", t.momentum, 0)
+    _at_least(f"{where}.weight_decay", t.weight_decay, 0)
+    _at_least(f"{where}.gamma", t.gamma, 0)
+    for m in t.milestones:
+        _at_least(f"{where}.milestones", m, 0)
 
 
 def validate(cfg: Config) -> Config:
@@ -285,6 +308,7 @@ def validate(cfg: Config) -> Config:
     from salun.methods import check_task, get_method
     from salun.models import MODELS
 
+    _check_ranges(cfg)
     _check_choice("task", cfg.task, TASKS)
     _check_choice("dataset", cfg.data.name, DATASETS)
     _check_choice("model", cfg.model.name, MODELS)
@@ -351,3 +375,76 @@ def _check_diffusion(cfg: Config) -> None:
         )
     if not g.widths or any(not isinstance(w, int) or w < 8 or w % 8 for w in g.widths):
         raise SalunError(f"diffusion.widths must be multiples of 8, got {g.widths!r}")
+
+
+MAX_SEED = 2**32 - 1
+MAX_IMAGE_SIZE = 4096
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def _at_least(where: str, value: Any, low: float, high: float | None = None) -> None:
+    if value is not None and (value < low or (high is not None and value > high)):
+        allowed = f">= {low}" if high is None else f"in {low}..{high}"
+        raise SalunError(f"{where} must be {allowed}, got {value!r}")
+
+
+def check_device(name: str) -> None:
+    """Refuse a device this machine does not have before any compute starts."""
+    import re
+
+    import torch
+
+    if name in ("auto", "cpu"):
+        return
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise SalunError(
+                "device 'mps' requested but MPS is not available; allowed here: auto, cpu"
+            )
+        return
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if m is None:
+        raise SalunError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)}")
+    if not torch.cuda.is_available():
+        raise SalunError(
+            f"device {name!r} requested but CUDA is not available; allowed here: auto, cpu"
+        )
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise SalunError(
+            f"device {name!r} does not exist; allowed: cuda:0..cuda:{torch.cuda.device_count() - 1}"
+        )
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Ranges of numeric fields (types are checked when the config is built)."""
+    _at_least("seed", cfg.seed, 0, MAX_SEED)
+    _at_least("data.split_seed", cfg.data.split_seed, 0, MAX_SEED)
+    _at_least("eval.mia_seed", cfg.eval.mia_seed, 0, MAX_SEED)
+    _at_least("threads", cfg.threads, 1)
+    check_device(cfg.device)
+    _at_least("data.image_size", cfg.data.image_size, 1, MAX_IMAGE_SIZE)
+    _at_least("data.train_subset", cfg.data.train_subset, 1)
+    _at_least("data.test_subset", cfg.data.test_subset, 1)
+    _at_least("model.width", cfg.model.width, 1)
+    _at_least("mask.batch_size", cfg.mask.batch_size, 1)
+    e = cfg.eval
+    _at_least("eval.batch_size", e.batch_size, 1)
+    _at_least("eval.ulira_shadows", e.ulira_shadows, 2)
+    _at_least("eval.ulira_targets", e.ulira_targets, 1)
+    _at_least("eval.epsilon_models", e.epsilon_models, 1)
+    g = cfg.diffusion
+    _at_least("diffusion.layers_per_block", g.layers_per_block, 1)
+    _at_least("diffusion.fid_input_size", g.fid_input_size, 0, MAX_IMAGE_SIZE)
+    for name in ("judge_width", "judge_batch_size"):
+        _at_least(f"diffusion.{name}", getattr(g, name), 1)
+    _at_least("diffusion.judge_epochs", g.judge_epochs, 0)
+    _at_least("diffusion.judge_lr", g.judge_lr, 0)
+    if g.fid_features != "classifier" and not g.fid_features.endswith(".safetensors"):
+        raise SalunError(
+            f"diffusion.fid_features must be 'classifier' or a .safetensors feature network, got "
+            f"{g.fid_features!r}; executable formats (torch.export, TorchScript, pickles) are "
+            "refused because loading them can run code"
+        )
+    cache = Path(cfg.cache_dir)
+    if not cfg.cache_dir or (cache.exists() and not cache.is_dir()):
+        raise SalunError(f"cache_dir {cfg.cache_dir!r} is not a folder; give a folder path")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -88,18 +89,61 @@ def save_ddpm(model: Any, exp: Experiment, folder: str | Path) -> Path:
     return folder
 
 
+def _read_json_file(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SalunError(f"{what} {str(path)!r} is corrupt (not valid JSON: {e})") from None
+    if not isinstance(data, dict):
+        raise SalunError(f"{what} {str(path)!r} is corrupt (not a JSON object)")
+    return data
+
+
 def load_ddpm(folder: str | Path):
-    """(unet, scheduler, meta) from a folder written by :func:`save_ddpm`."""
+    """(unet, scheduler, meta) from a folder written by :func:`save_ddpm`.
+
+    Local files only, safetensors only: diffusers is never allowed to contact the Hub or to
+    unpickle a ``.bin``. Every missing or corrupt part is a one-line SalunError.
+    """
     require_extra("diffusers", "generation")
     from diffusers import DDPMScheduler, UNet2DModel
 
     folder = Path(folder)
-    if not (folder / "unet" / "config.json").is_file():
-        raise SalunError(f"{str(folder)!r} is not a salun DDPM folder (no unet/config.json)")
-    unet = UNet2DModel.from_pretrained(folder / "unet")
-    scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
-    meta_path = folder / META_FILE
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    if not folder.is_dir():
+        raise SalunError(f"DDPM model folder {str(folder)!r} does not exist")
+    need = {
+        "unet/config.json": "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors": "the unet weights (safetensors)",
+        "scheduler/scheduler_config.json": "scheduler/",
+        META_FILE: META_FILE,
+    }
+    for rel, what in need.items():
+        if not (folder / rel).is_file():
+            raise SalunError(f"{str(folder)!r} is not a salun DDPM folder: {what} is missing")
+    _read_json_file(folder / "unet" / "config.json", "unet config")
+    _read_json_file(folder / "scheduler" / "scheduler_config.json", "scheduler config")
+    meta = _read_json_file(folder / META_FILE, META_FILE)
+    for key in ("num_classes", "null_label"):
+        if key in meta and (not isinstance(meta[key], int) or meta[key] < 1):
+            raise SalunError(f"{META_FILE} in {str(folder)!r} is corrupt: bad {key} {meta[key]!r}")
+    g = meta.get("guidance", 2.0)
+    if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g):
+        raise SalunError(f"{META_FILE} in {str(folder)!r} is corrupt: bad guidance {g!r}")
+    # folders resolved to absolute paths: a relative name is never taken for a Hub repo id
+    kwargs = {"local_files_only": True}
+    try:
+        unet = UNet2DModel.from_pretrained(
+            str((folder / "unet").resolve()), use_safetensors=True, **kwargs
+        )
+        scheduler = DDPMScheduler.from_pretrained(str((folder / "scheduler").resolve()), **kwargs)
+    except Exception as e:  # diffusers raises several types for bad configs and weights
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SalunError(f"DDPM folder {str(folder)!r} does not load: {first}") from None
+    for name, t in unet.state_dict().items():
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise SalunError(
+                f"DDPM folder {str(folder)!r} holds non-finite weights (NaN or inf) in {name!r}"
+            )
     return unet, scheduler, meta
 
 
@@ -149,6 +193,16 @@ def train_judge(exp: Experiment) -> tuple[nn.Module, dict[str, Any]]:
         }
     )[:20]
     path = Path(c.cache_dir) / f"judge-{key}.safetensors"
+    from salun.run import cache_lock
+
+    with cache_lock(path):  # one process trains a judge; others wait and load it
+        return _train_judge(exp, path, key, recipe)
+
+
+def _train_judge(
+    exp: Experiment, path: Path, key: str, recipe: Optim
+) -> tuple[nn.Module, dict[str, Any]]:
+    g, c = exp.cfg.diffusion, exp.cfg
     cfg = copy.deepcopy(c)
     cfg.task = "classification"
     cfg.model.name, cfg.model.width, cfg.model.channels_last = g.judge_model, g.judge_width, False
@@ -213,6 +267,9 @@ def evaluate_ddpm(
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """Sample every class, judge the samples, FID of the other classes; (metrics, images, labels)."""
     g = exp.cfg.diffusion
+    from salun.run import check_finite_weights
+
+    check_finite_weights(model)
     judge, judge_info = judge_for(exp)
     features = feature_extractor(g.fid_features, judge, g.fid_input_size)
     test = exp.test
@@ -256,37 +313,55 @@ def run_unlearn_ddpm(
     mask_path: str | Path | None = None,
     split_path: str | Path | None = None,
     compare: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Unlearn one class from a DDPM with one method; write model folder, grids and metrics."""
-    from salun.run import requested_mask, unlearn_in_folder
+    """Unlearn one class from a DDPM with one method; write model folder, grids and metrics.
 
-    out = Path(out)
+    The run folder is built beside ``out`` and renamed onto it at the end (the caller checked
+    ``out``); ``audit.json`` is written last.
+    """
+    from salun.audit import write_audit
+    from salun.io import hash_state, staged_folder
+    from salun.run import check_finite_weights, requested_mask, unlearn_in_folder
+
     exp = prepare(cfg, split_path)
     original = load_model(exp, model_path) if model_path is not None else None
     orig_info: dict[str, Any] = {"checkpoint": str(model_path)} if model_path else {}
     mask = requested_mask(exp, mask_path)
-    with run_log(out):
-        original, orig_info, model, info, _ = unlearn_in_folder(exp, out, original, orig_info, mask)
-        save_ddpm(model, exp, out / "model")
-        metrics, images, labels = evaluate_ddpm(exp, model)
-        save_grid(images, labels, out / "samples.png")
-        result: dict[str, Any] = {
-            "task": "ddpm",
-            "method": cfg.unlearn.method,
-            "dataset": cfg.data.name,
-            "forget_class": metrics["forget_class"],
-            "seed": cfg.seed,
-            "split_hash": exp.split.hash,
-            "run": info,
-            "metrics": metrics,
-            "original": {"info": orig_info},
-            "versions": versions(),
-        }
-        if compare:
-            om, oimg, olab = evaluate_ddpm(exp, original)
-            save_grid(oimg, olab, out / "samples_original.png")
-            result["original"]["metrics"] = om
-        write_json(out / "metrics.json", result)
+    with staged_folder(out) as tmp:
+        with run_log(tmp):
+            original, orig_info, model, info, _ = unlearn_in_folder(
+                exp, tmp, original, orig_info, mask, force
+            )
+            check_finite_weights(model, "the unlearned model")
+            save_ddpm(model, exp, tmp / "model")
+            metrics, images, labels = evaluate_ddpm(exp, model)
+            save_grid(images, labels, tmp / "samples.png")
+            result: dict[str, Any] = {
+                "task": "ddpm",
+                "method": cfg.unlearn.method,
+                "dataset": cfg.data.name,
+                "forget_class": metrics["forget_class"],
+                "seed": cfg.seed,
+                "split_hash": exp.split.hash,
+                "run": info,
+                "metrics": metrics,
+                "original": {"info": orig_info},
+                "versions": versions(),
+            }
+            if compare:
+                om, oimg, olab = evaluate_ddpm(exp, original)
+                save_grid(oimg, olab, tmp / "samples_original.png")
+                result["original"]["metrics"] = om
+            write_json(tmp / "metrics.json", result)
+        write_audit(
+            tmp,
+            split=exp.split,
+            original_hash=hash_state(original),
+            result_hash=hash_state(model),
+            config=cfg.to_dict(),
+            result=result,
+        )
     return result
 
 

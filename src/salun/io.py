@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -124,3 +125,88 @@ def hash_state(model: torch.nn.Module) -> str:
 
 def hash_obj(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=_json_default).encode())
+
+
+# -- run folders: complete or absent ------------------------------------------------------------
+INCOMPLETE = "INCOMPLETE"
+
+
+def check_out(out: str | os.PathLike | None, overwrite: bool = False) -> Path:
+    """Refuse an ``--out`` that is empty, a file, or a non-empty folder (unless ``overwrite``)."""
+    from salun.errors import SalunError
+
+    if out is None or not str(out).strip():
+        raise SalunError("--out is empty; give the path of a folder for the run")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise SalunError(f"--out {str(out)!r} is a file, not a folder; give a folder path")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise SalunError(
+            f"--out {str(out)!r} is not empty; pass --overwrite to replace it, or give a new folder"
+        )
+    if path.resolve() == Path.cwd().resolve() or path.resolve() == Path(path.anchor):
+        raise SalunError(f"--out {str(out)!r} is the current or root folder; give a new folder")
+    return path
+
+
+def _make_parent(path: Path) -> None:
+    from salun.errors import SalunError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SalunError(f"cannot create the folder for {str(path)!r}: {e.strerror}") from None
+
+
+@contextmanager
+def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """Build a run folder in a hidden sibling ``.NAME.partial-*`` and rename it onto ``out``.
+
+    The folder appears complete or not at all. While it is being built (and if the process is
+    killed), the sibling holds a file ``INCOMPLETE`` saying it is an interrupted run, not a
+    result. An existing ``out`` (the caller checked ``--overwrite``) is replaced at the end, so
+    no file of the old run (a stale mask) survives beside the new model.
+    """
+    from salun.errors import SalunError
+
+    out = Path(os.path.abspath(out))
+    _make_parent(out)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise SalunError(f"cannot write into {str(out.parent)!r}: {e.strerror}") from None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        (tmp / INCOMPLETE).write_text(
+            f"interrupted salun run (pid {os.getpid()}) for {out}; not a result\n", encoding="utf-8"
+        )
+        yield tmp
+        (tmp / INCOMPLETE).unlink()
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_folder(src: Path, dst: Path) -> None:
+    """Rename folder ``src`` onto ``dst``; an existing ``dst`` is moved aside, then deleted."""
+    if not dst.exists():
+        src.rename(dst)
+        return
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    dst.rename(old)
+    try:
+        src.rename(dst)
+    except BaseException:
+        old.rename(dst)  # put the previous result back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

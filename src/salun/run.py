@@ -19,12 +19,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from salun.audit import write_audit
 from salun.config import Config, TrainConfig, save_config
 from salun.data import DatasetBundle, IndexedDataset, Split, load_dataset, make_split
 from salun.errors import SalunError
 from salun.eval import avg_gap, compare_to_retrain, evaluate_classifier
 from salun.eval.accuracy import predict
-from salun.io import hash_obj, load_tensors, read_metadata, save_tensors, write_json
+from salun.io import (
+    check_out,
+    hash_obj,
+    hash_state,
+    load_tensors,
+    read_metadata,
+    save_tensors,
+    staged_folder,
+    write_json,
+)
 from salun.methods import UnlearnData, check_task, get_method, method_params
 from salun.methods._fit import Optim, fit
 from salun.models import build_model
@@ -116,6 +126,7 @@ def prepare(cfg: Config, split_path: str | Path | None = None) -> Experiment:
             raise SalunError(
                 f"split {str(split_path)!r} is for dataset {split.dataset!r}, config says {d.name!r}"
             )
+        split.check(len(bundle.train), len(bundle.test), f"split file {str(split_path)!r}")
     else:
         split = make_split(
             bundle.train.labels.numpy(),
@@ -216,8 +227,34 @@ def train_model(
     indices = exp.split.train if kind == "original" else exp.split.retain
     key = _cache_key(exp, kind, indices, recipe)
     path = Path(exp.cfg.cache_dir) / f"{kind}-{key}.safetensors"
+    if not use_cache:
+        return _train(exp, kind, recipe, indices, key, None)
+    # One process trains a given model; another asking for it waits, then loads the result.
+    with cache_lock(path):
+        return _train(exp, kind, recipe, indices, key, path)
+
+
+def cache_lock(path: Path):
+    """An inter-process lock (filelock) next to a cache entry ``path``."""
+    from filelock import FileLock
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SalunError(f"cannot create cache_dir {str(path.parent)!r}: {e.strerror}") from None
+    return FileLock(str(path) + ".lock")
+
+
+def _train(
+    exp: Experiment,
+    kind: str,
+    recipe: TrainConfig,
+    indices: np.ndarray,
+    key: str,
+    path: Path | None,
+) -> tuple[nn.Module, dict[str, Any]]:
     model = exp.new_model()
-    if use_cache and path.is_file():
+    if path is not None and path.is_file():
         load_weights(model, path)
         info: dict[str, Any] = {k: _num(v) for k, v in read_metadata(path).items()}
         info["cache_hit"] = True
@@ -245,7 +282,7 @@ def train_model(
         log.info(
             "%s model trained in %.1fs, train accuracy %.2f%%", kind, seconds, info["train_acc"]
         )
-    if use_cache:
+    if path is not None:
         save_weights(model, path, {k: str(v) for k, v in info.items()})
     info["cache_hit"] = False
     return model, info
@@ -281,6 +318,12 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         raise SalunError(
             f"checkpoint {str(path)!r} does not match the model: missing {missing[:3]}, "
             f"unexpected {extra[:3]}, wrong shape {bad[:3]}"
+        )
+    bad_values = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad_values:
+        raise SalunError(
+            f"checkpoint {str(path)!r} holds non-finite values (NaN or inf) in {bad_values[0]!r}; "
+            "refusing to use it"
         )
     model.load_state_dict(state)
     return model
@@ -334,7 +377,17 @@ def unlearn_once(
     }
 
 
+def check_finite_weights(model: nn.Module, what: str = "the model") -> None:
+    """Refuse to evaluate a model with NaN or inf weights (it would look perfectly forgotten)."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            raise SalunError(
+                f"{what} has non-finite weights (NaN or inf) in {name!r}; refusing to evaluate it"
+            )
+
+
 def evaluate(exp: Experiment, model: nn.Module) -> dict[str, Any]:
+    check_finite_weights(model)
     if exp.cfg.task == "ddpm":
         from salun.ddpm import evaluate_ddpm
 
@@ -411,9 +464,14 @@ def versions() -> dict[str, str]:
 
 
 def requested_mask(exp: Experiment, mask_path: str | Path | None) -> SaliencyMask | bool | None:
-    """A mask file (checked against the model), or whether the method computes its own."""
+    """A mask file (checked against the model's shapes), or whether the method computes its own.
+
+    The mask's recorded model hash is checked against the original in :func:`unlearn_in_folder`.
+    """
     if mask_path is not None:
-        return SaliencyMask.load(mask_path, exp.new_model())
+        mask = SaliencyMask.load(mask_path, exp.new_model())
+        mask.meta["file"] = str(mask_path)
+        return mask
     return None if exp.cfg.unlearn.method == "retrain" else method_uses_mask(exp.cfg)
 
 
@@ -423,6 +481,7 @@ def unlearn_in_folder(
     original: nn.Module | None,
     orig_info: dict[str, Any],
     mask: SaliencyMask | bool | None,
+    force: bool = False,
 ) -> tuple[nn.Module, dict[str, Any], nn.Module, dict[str, Any], SaliencyMask | None]:
     """Save config and split into ``out``, get the original (cached) and unlearn it once.
 
@@ -433,6 +492,8 @@ def unlearn_in_folder(
     exp.split.save(out / "split.json")
     if original is None:
         original, orig_info = train_model(exp, "original")
+    if isinstance(mask, SaliencyMask):
+        mask.check_model_hash(original, force)
     cfg = exp.cfg
     model, info = unlearn_once(exp, original, cfg.unlearn.method, cfg.unlearn.params, mask)
     mask_obj = info.pop("_mask_obj", None)
@@ -448,42 +509,58 @@ def run_unlearn(
     mask_path: str | Path | None = None,
     split_path: str | Path | None = None,
     compare: bool = True,
+    overwrite: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """The full pipeline for one method; writes a run folder and returns its metrics."""
+    """The full pipeline for one method; writes a run folder and returns its metrics.
+
+    The folder is built beside ``out`` and renamed onto it at the end (complete or absent); a
+    non-empty ``out`` is refused unless ``overwrite``. A mask made for another model (its
+    recorded model hash differs) is refused unless ``force``. ``audit.json`` is written last.
+    """
+    check_out(out, overwrite)
     if cfg.task == "ddpm":
         from salun.ddpm import run_unlearn_ddpm
 
-        return run_unlearn_ddpm(cfg, out, model_path, mask_path, split_path, compare)
-    out = Path(out)
+        return run_unlearn_ddpm(cfg, out, model_path, mask_path, split_path, compare, force)
     exp = prepare(cfg, split_path)
     # Check inputs before anything is written.
     original = load_weights(exp.new_model(), model_path) if model_path is not None else None
     orig_info: dict[str, Any] = {"checkpoint": str(model_path)} if model_path else {}
     mask = requested_mask(exp, mask_path)
-    with run_log(out):
-        original, orig_info, model, info, mask_obj = unlearn_in_folder(
-            exp, out, original, orig_info, mask
+    with staged_folder(out) as tmp:
+        with run_log(tmp):
+            original, orig_info, model, info, mask_obj = unlearn_in_folder(
+                exp, tmp, original, orig_info, mask, force
+            )
+            save_weights(model, tmp / "model.safetensors")
+            result: dict[str, Any] = {
+                "method": cfg.unlearn.method,
+                "scenario": cfg.data.scenario,
+                "dataset": cfg.data.name,
+                "seed": cfg.seed,
+                "split_hash": exp.split.hash,
+                "run": info,
+                "metrics": evaluate(exp, model),
+                "original": {"info": orig_info},
+                "versions": versions(),
+                **population_attacks(
+                    exp, cfg.unlearn.method, cfg.unlearn.params, mask_obj, original, model
+                ),
+            }
+            if compare:
+                result["original"]["metrics"] = evaluate(exp, original)
+                retrain, rinfo = train_model(exp, "retrain")
+                result["retrain"] = {"info": rinfo, "metrics": evaluate(exp, retrain)}
+                result["gap"] = avg_gap(result["metrics"], result["retrain"]["metrics"])
+                result["retrain_distance"] = compare_to_retrain(model, retrain)
+            write_json(tmp / "metrics.json", result)
+        write_audit(
+            tmp,
+            split=exp.split,
+            original_hash=hash_state(original),
+            result_hash=hash_state(model),
+            config=cfg.to_dict(),
+            result=result,
         )
-        save_weights(model, out / "model.safetensors")
-        result: dict[str, Any] = {
-            "method": cfg.unlearn.method,
-            "scenario": cfg.data.scenario,
-            "dataset": cfg.data.name,
-            "seed": cfg.seed,
-            "split_hash": exp.split.hash,
-            "run": info,
-            "metrics": evaluate(exp, model),
-            "original": {"info": orig_info},
-            "versions": versions(),
-            **population_attacks(
-                exp, cfg.unlearn.method, cfg.unlearn.params, mask_obj, original, model
-            ),
-        }
-        if compare:
-            result["original"]["metrics"] = evaluate(exp, original)
-            retrain, rinfo = train_model(exp, "retrain")
-            result["retrain"] = {"info": rinfo, "metrics": evaluate(exp, retrain)}
-            result["gap"] = avg_gap(result["metrics"], result["retrain"]["metrics"])
-            result["retrain_distance"] = compare_to_retrain(model, retrain)
-        write_json(out / "metrics.json", result)
     return result

@@ -72,10 +72,35 @@ class SaliencyMask:
             raise SalunError(
                 f"mask file {str(path)!r} is not a readable safetensors file: {e}"
             ) from e
-        mask = cls(masks={k: v.bool() for k, v in masks.items()}, meta=meta)
+        not_bool = sorted({str(v.dtype).removeprefix("torch.") for v in masks.values()} - {"bool"})
+        if not_bool:
+            raise SalunError(
+                f"mask file {str(path)!r} holds {not_bool[0]} tensors; a saliency mask holds bool "
+                "tensors (salun mask writes them)"
+            )
+        mask = cls(masks=dict(masks), meta=meta)
+        if mask.selected == 0:
+            raise SalunError(
+                f"mask file {str(path)!r} selects 0 of {mask.total} weights; unlearning with it "
+                "would change nothing"
+            )
         if model is not None:
             mask.check(model)
         return mask
+
+    def check_model_hash(self, model: nn.Module, force: bool = False) -> None:
+        """Refuse a mask computed on another model (recorded ``model_hash`` differs)."""
+        recorded = self.meta.get("model_hash")
+        if not recorded:
+            return
+        actual = hash_state(model)
+        if recorded != actual and not force:
+            raise SalunError(
+                f"mask {self.meta.get('file', '')!r} was computed on another model (model_hash "
+                f"{recorded[:12]}, this model {actual[:12]}); pass --force to use it anyway"
+            )
+        if recorded != actual:
+            log.warning("mask model_hash %s differs from the model's %s (forced)", recorded, actual)
 
     def check(self, model: nn.Module) -> None:
         """Fail unless the mask covers exactly the model's parameters with matching shapes."""
@@ -188,12 +213,19 @@ def threshold_saliency(
         raise SalunError(f"mask ratio must be in (0, 1], got {ratio!r}")
     names = list(scores)
     if per_layer:
+        if all(int(round(ratio * s.numel())) == 0 for s in scores.values()):
+            raise SalunError(f"mask ratio {ratio!r} selects 0 weights in every layer (per_layer)")
         return {
             n: top_k_mask([scores[n]], int(round(ratio * scores[n].numel())))[0].cpu()
             for n in names
         }
     total = sum(s.numel() for s in scores.values())
-    masks = top_k_mask([scores[n] for n in names], int(round(ratio * total)))
+    k = int(round(ratio * total))
+    if k == 0:
+        raise SalunError(
+            f"mask ratio {ratio!r} selects 0 of {total} weights; give a ratio >= {0.5 / total:.2g}"
+        )
+    masks = top_k_mask([scores[n] for n in names], k)
     return {n: m.cpu() for n, m in zip(names, masks, strict=True)}
 
 

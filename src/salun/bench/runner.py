@@ -1,18 +1,28 @@
 """Run a bench grid: each run in its own process, finished runs skipped on restart.
 
-A run is finished when its folder holds ``metrics.json`` (written atomically, last). A run that
+A run is finished when its folder holds a readable ``metrics.json`` (written atomically, last)
+whose config fingerprint matches the grid's (else it is stale and runs again). A run that
 fails writes ``error.json`` with a one-line error and the sweep goes on; a restart retries it.
 Original and Retrain models come from the shared cache, so each is trained once per
 (dataset, model, split, seed, recipe).
+
+Concurrency: the bench folder is locked (filelock ``.bench.lock``: a second bench on it fails with
+one line), each run folder too while its worker runs (``.run.lock``), and cache entries while
+they are trained. Workers run in their own process group and stop with the bench: on SIGTERM,
+SIGHUP, Ctrl-C or exit through the handlers here, and on SIGKILL of the bench through the
+parent-death signal each worker asks the kernel for.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +31,56 @@ from tqdm.auto import tqdm
 
 from salun.bench.grid import RunSpec, expand_grid
 from salun.config import Config
-from salun.io import write_json, write_text
+from salun.errors import SalunError
+from salun.io import hash_obj, sha256_bytes, write_json, write_text
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = ".bench.lock"
+RUN_LOCK = ".run.lock"
+
+
+def fingerprint(spec: RunSpec) -> str:
+    """Hash of what a run computes (its resolved config, kind, method, parameters, mask use).
+
+    Stored in ``run.json`` and ``metrics.json``; a finished run whose fingerprint differs from
+    the current grid's is stale and runs again (its old metrics are kept as
+    ``metrics.stale-HASH.json``, which no report reads).
+    """
+    d = spec.to_dict()
+    return hash_obj({k: d[k] for k in ("config", "kind", "method", "params", "use_mask")})[:16]
+
+
+def finished(folder: Path, want: str) -> str:
+    """'done', 'missing', 'corrupt' or 'stale' for the run in ``folder``."""
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return "missing"
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return "corrupt"
+    if not isinstance(m, dict) or "metrics" not in m:
+        return "corrupt"
+    return "done" if m.get("config_hash") == want else "stale"
+
+
+@contextmanager
+def bench_lock(out: Path):
+    """Only one bench at a time in a folder (filelock); a second one fails with one line."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SalunError(
+            f"bench folder {str(out)!r} is in use by another salun bench; wait for it to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def run_bench(
@@ -33,51 +90,135 @@ def run_bench(
     progress: bool = True,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Execute every unfinished run of the grid; returns counts of done / skipped / failed."""
+    """Execute every unfinished run of the grid; returns counts of done / skipped / failed.
+
+    Runs whose metrics.json is missing, corrupt or stale (made under another config) run.
+    """
+    if not str(out).strip():
+        raise SalunError("--out is empty; give the path of a bench folder")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SalunError(f"--out {str(out)!r} is a file, not a folder; give a folder path")
     runs = expand_grid(cfg)  # validates the whole grid before anything is written
     cache = str(Path(cache_dir) if cache_dir else out / "cache")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "bench.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_json(out / "grid.json", [r.name for r in runs])
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    bar = tqdm(runs, desc="bench", disable=not progress, unit="run")
-    for spec in bar:
-        bar.set_postfix_str(spec.name)
-        folder = out / spec.name
-        if (folder / "metrics.json").is_file():
-            counts["skipped"] += 1
-            continue
-        _prepare_run(spec, folder, cache)
-        ok = _execute(folder, timeout)
-        counts["done" if ok else "failed"] += 1
+    if Path(cache).exists() and not Path(cache).is_dir():
+        raise SalunError(f"--cache {cache!r} is a file, not a folder; give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SalunError(f"cannot create the bench folder {str(out)!r}: {e.strerror}") from None
+    with bench_lock(out), _stop_workers_with_parent():
+        write_text(out / "bench.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_json(out / "grid.json", [r.name for r in runs])
+        counts = {"done": 0, "skipped": 0, "failed": 0}
+        bar = tqdm(runs, desc="bench", disable=not progress, unit="run")
+        for spec in bar:
+            bar.set_postfix_str(spec.name)
+            folder = out / spec.name
+            want = fingerprint(spec)
+            with _run_lock(folder):  # waits for a worker of an earlier bench still finishing
+                state = finished(folder, want)
+            if state == "done":
+                counts["skipped"] += 1
+                continue
+            if state in ("stale", "corrupt"):
+                old = folder / "metrics.json"
+                old.rename(folder / f"metrics.{state}-{sha256_bytes(old.read_bytes())[:12]}.json")
+                log.info("%s: metrics.json is %s; running it again", spec.name, state)
+            _prepare_run(spec, folder, cache, want)
+            ok = _execute(folder, timeout)
+            counts["done" if ok else "failed"] += 1
     log.info("bench %s: %s", out, counts)
     return counts
 
 
-def _prepare_run(spec: RunSpec, folder: Path, cache: str) -> None:
+def _run_lock(folder: Path):
+    from filelock import FileLock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / RUN_LOCK))
+
+
+def _prepare_run(spec: RunSpec, folder: Path, cache: str, want: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tree = dict(spec.config)
     tree["cache_dir"] = cache
     tree["progress"] = False
     write_text(folder / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
-    write_json(folder / "run.json", {k: v for k, v in spec.to_dict().items() if k != "config"})
+    info = {k: v for k, v in spec.to_dict().items() if k != "config"}
+    write_json(folder / "run.json", {**info, "config_hash": want})
     err = folder / "error.json"
     if err.exists():
         err.unlink()
 
 
-def _execute(folder: Path, timeout: float | None) -> bool:
-    """Run one grid point in a child process; a crash or OOM there does not end the sweep."""
-    cmd = [sys.executable, "-m", "salun.bench.worker", str(folder)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+_CHILDREN: set[subprocess.Popen] = set()
+
+
+def _kill_children() -> None:
+    """Stop every worker's process group (the worker and anything it started)."""
+    for proc in list(_CHILDREN):
+        if proc.poll() is None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        _CHILDREN.discard(proc)
+
+
+atexit.register(_kill_children)
+
+
+@contextmanager
+def _stop_workers_with_parent():
+    """SIGTERM / SIGHUP to the bench stop its workers too (Ctrl-C arrives as KeyboardInterrupt;
+    a SIGKILLed parent is covered by the workers' parent-death signal)."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = {}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: no handlers, atexit still stops workers
+        pass
+    try:
+        yield
+    finally:
+        _kill_children()
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _execute(folder: Path, timeout: float | None) -> bool:
+    """Run one grid point in a child process; a crash or OOM there does not end the sweep.
+
+    The worker runs in its own process group (so its own children are stopped with it) and is
+    stopped when the bench stops, however the bench stops.
+    """
+    cmd = [sys.executable, "-m", "salun.bench.worker", str(folder)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SALUN_BENCH_PARENT": str(os.getpid())}
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    _CHILDREN.add(proc)
+    try:
+        _stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _kill_children()
         write_json(folder / "error.json", {"error": f"timed out after {timeout}s"})
         return False
+    finally:
+        if proc.poll() is None:  # interrupted: stop the worker before going on
+            _kill_children()
+        _CHILDREN.discard(proc)
     if proc.returncode != 0 and not (folder / "error.json").exists():
-        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        tail = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         write_json(folder / "error.json", {"error": tail, "returncode": proc.returncode})
     return proc.returncode == 0 and (folder / "metrics.json").is_file()
 

@@ -5,6 +5,8 @@ Invoked by the runner as ``python -m salun.bench.worker RUN_DIR``, one process p
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 import traceback
@@ -81,17 +83,39 @@ def execute(folder: Path) -> dict[str, Any]:
         "definitions": DEFINITIONS,
         "evaluator_version": EVAL_VERSION,
         "versions": versions(),
+        "config_hash": spec.get("config_hash"),
     }
     write_json(folder / "metrics.json", result)
     _record(folder, f"done {spec['name']}")
     return result
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this worker when the bench that started it dies (Linux
+    PR_SET_PDEATHSIG), so killing only the bench never leaves a worker running."""
+    parent = os.environ.get("SALUN_BENCH_PARENT")
+    if parent is None:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the bench's handlers still stop workers
+        pass
+    if str(os.getppid()) != parent:  # the bench died before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from filelock import FileLock
+
     args = sys.argv[1:] if argv is None else argv
     folder = Path(args[0])
+    _die_with_parent()
     try:
-        execute(folder)
+        with FileLock(str(folder / ".run.lock")):
+            execute(folder)
     except SalunError as e:
         write_json(folder / "error.json", {"error": str(e)})
         return 2

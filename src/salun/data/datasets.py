@@ -241,8 +241,8 @@ def _resolve_dir(name: str, data_dir: str | Path | None) -> Path:
         if name == "fashion-mnist":
             return FASHION_MNIST_DEFAULT_DIR
         raise SalunError(
-            f"dataset {name!r} needs --data-dir (or data.data_dir in the config) pointing at a "
-            f"folder with its files"
+            f"dataset {name!r} needs data.data_dir=FOLDER (a key=value override, or data_dir "
+            f"under data: in the config) pointing at a folder with its files"
         )
     return Path(data_dir).expanduser()
 
@@ -267,9 +267,27 @@ def _check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
         )
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux /proc/meminfo), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _resize(data: ImageData, size: int) -> ImageData:
     if data.image_size == size and data.images.shape[3] == size:
         return data
+    need = len(data) * data.in_channels * size * size * 4
+    free = _available_memory()
+    if free is not None and need > free:
+        raise SalunError(
+            f"data.image_size={size} needs {need / 2**30:.1f} GiB for the {data.name} images, "
+            f"more than the {free / 2**30:.1f} GiB of memory available; use a smaller image_size"
+        )
     resized = F.interpolate(
         data.images, size=(size, size), mode="bilinear", align_corners=False, antialias=False
     ).clamp_(0.0, 1.0)
@@ -309,8 +327,8 @@ def _find_idx_file(folder: Path, stem: str) -> Path:
             return candidate
     raise SalunError(
         f"fashion-mnist file {stem} (or {stem}.gz) missing in {folder}; install Debian's "
-        f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or pass --data-dir with "
-        f"the four IDX files"
+        f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or give "
+        f"data.data_dir=FOLDER holding the four IDX files"
     )
 
 
@@ -366,14 +384,18 @@ def _load_fashion_split(folder: Path, images_stem: str, labels_stem: str) -> Ima
 def _load_fashion_mnist(folder: Path) -> DatasetBundle:
     for stem in FASHION_MNIST_FILES.values():
         _find_idx_file(folder, stem)
-    return DatasetBundle(
-        train=_load_fashion_split(
-            folder, FASHION_MNIST_FILES["train_images"], FASHION_MNIST_FILES["train_labels"]
-        ),
-        test=_load_fashion_split(
-            folder, FASHION_MNIST_FILES["test_images"], FASHION_MNIST_FILES["test_labels"]
-        ),
+    train = _load_fashion_split(
+        folder, FASHION_MNIST_FILES["train_images"], FASHION_MNIST_FILES["train_labels"]
     )
+    test = _load_fashion_split(
+        folder, FASHION_MNIST_FILES["test_images"], FASHION_MNIST_FILES["test_labels"]
+    )
+    if tuple(train.images.shape[1:]) != tuple(test.images.shape[1:]):
+        raise SalunError(
+            f"fashion-mnist in {folder}: training images are {tuple(train.images.shape[2:])} but "
+            f"test images are {tuple(test.images.shape[2:])}; the IDX files do not belong together"
+        )
+    return DatasetBundle(train=train, test=test)
 
 
 # --------------------------------------------------------------------------- cifar

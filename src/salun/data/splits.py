@@ -17,6 +17,7 @@ from salun.errors import SalunError
 from salun.io import hash_obj, read_json, write_json
 
 SPLIT_VERSION = 1
+PARTS = ("train", "val", "test", "forget", "retain")
 
 
 @dataclass
@@ -69,27 +70,67 @@ class Split:
 
     @classmethod
     def load(cls, path: str | Path) -> Split:
+        """Read ``split.json``; malformed files and broken invariants are one-line errors."""
         path = Path(path)
+        where = f"split file {str(path)!r}"
         if not path.is_file():
-            raise SalunError(f"split file {str(path)!r} does not exist")
-        d = read_json(path)
-        arr = {
-            k: np.asarray(d[k], dtype=np.int64)
-            for k in ("train", "val", "test", "forget", "retain")
-        }
+            raise SalunError(f"{where} does not exist")
+        try:
+            d = read_json(path)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SalunError(f"{where} is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise SalunError(f"{where} is not a JSON object")
+        missing = [k for k in (*PARTS, "dataset", "scenario", "seed", "hash") if k not in d]
+        if missing:
+            raise SalunError(f"{where} lacks {', '.join(missing)}")
+        arr = {}
+        for k in PARTS:
+            v = d[k]
+            if not isinstance(v, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in v
+            ):
+                raise SalunError(f"{where}: {k} must be a list of integer indices")
+            arr[k] = np.asarray(v, dtype=np.int64).reshape(-1)
+        fc = d.get("forget_class")
+        if fc is not None and (isinstance(fc, bool) or not isinstance(fc, int)):
+            raise SalunError(f"{where}: forget_class must be an integer or null, got {fc!r}")
+        if not isinstance(d["seed"], int) or not isinstance(d["dataset"], str):
+            raise SalunError(f"{where}: seed must be an integer and dataset a string")
         split = cls(
             dataset=d["dataset"],
-            scenario=d["scenario"],
+            scenario=str(d["scenario"]),
             seed=int(d["seed"]),
-            forget_class=d.get("forget_class"),
+            forget_class=fc,
             forget_class_name=d.get("forget_class_name"),
             **arr,
         )
+        split.check(where=where)
         if split.hash != d.get("hash"):
-            raise SalunError(
-                f"split file {str(path)!r} is corrupt: its hash does not match its indices"
-            )
+            raise SalunError(f"{where} is corrupt: its hash does not match its indices")
         return split
+
+    def check(self, n_train: int | None = None, n_test: int | None = None, where: str = "") -> None:
+        """The invariants every split holds: no duplicates, indices in range, forget and retain
+        disjoint with union = train, validation disjoint from train, forget non-empty."""
+        where = where or "split"
+        for k in PARTS:
+            a = getattr(self, k)
+            if len(np.unique(a)) != len(a):
+                raise SalunError(f"{where}: {k} has duplicate indices")
+            n = n_test if k == "test" else n_train
+            if len(a) and (a.min() < 0 or (n is not None and a.max() >= n)):
+                bad = int(a.min()) if a.min() < 0 else int(a.max())
+                size = "" if n is None else f" (allowed 0..{n - 1})"
+                raise SalunError(f"{where}: {k} index {bad} is out of range{size}")
+        if len(self.forget) == 0:
+            raise SalunError(f"{where}: the forget set is empty")
+        if len(np.intersect1d(self.forget, self.retain)):
+            raise SalunError(f"{where}: forget and retain overlap; they must be disjoint")
+        if not np.array_equal(np.union1d(self.forget, self.retain), np.unique(self.train)):
+            raise SalunError(f"{where}: forget and retain together must be exactly the train set")
+        if len(np.intersect1d(self.val, self.train)):
+            raise SalunError(f"{where}: val and train overlap; they must be disjoint")
 
 
 def _stratified_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

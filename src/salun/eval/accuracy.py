@@ -39,6 +39,13 @@ def predict(model: nn.Module, dataset, task, batch_size: int = 512) -> Predictio
     for batch in task.loader(dataset, batch_size, shuffle=False):
         x, y, _ = task.batch(batch)
         logits = model(x).float()
+        if not bool(logits.isfinite().all()):
+            from salun.errors import SalunError
+
+            raise SalunError(
+                "the model's outputs are not finite (NaN or inf); refusing to evaluate it "
+                "(diverged training? lower the learning rate)"
+            )
         logp = F.log_softmax(logits, dim=1)
         out["y"].append(y.cpu())
         out["p"].append(logits.argmax(1).cpu())

@@ -8,11 +8,12 @@ Extractors:
 - ``classifier``: the penultimate activations (the input of the final ``fc`` layer) of the judge
   classifier trained on the same data. Runs offline on any dataset; its values are NOT comparable
   to Inception FIDs in papers, and are recorded under their own name.
-- a network file the user supplies (``diffusion.fid_features: /path/net.pt2``): a
-  ``torch.export`` program (``.pt2``, batch dimension dynamic) or a TorchScript archive (other
-  suffixes, e.g. the widely shared Inception-v3 feature network) mapping ``[0, 1]`` images
-  ``N x 3 x S x S`` to ``N x D`` features. Grey images are repeated to 3 channels and resized to
-  ``input_size`` (0 keeps the size). With Inception-v3 pool3 features this is the standard FID.
+- a feature network file the user supplies (``diffusion.fid_features: /path/net.safetensors``):
+  safetensors weights of an architecture salun builds in code (one of :mod:`salun.models`,
+  recorded in the file's metadata by :func:`save_feature_network`); its penultimate activations
+  are the features. Grey images are repeated to 3 channels when the network takes 3 and resized
+  to its recorded image size (or ``input_size``). Formats that can execute code on load
+  (torch.export, TorchScript, pickles) are refused.
 """
 
 from __future__ import annotations
@@ -80,48 +81,93 @@ class ClassifierFeatures:
         return torch.cat(grabbed).flatten(1).cpu().numpy() if grabbed else np.zeros((0, 0))
 
 
-LABELS = {"export": "torch.export program (.pt2)", "torchscript": "TorchScript archive"}
+FEATURE_FORMAT = "salun-features-v1"
+ARCH_KEYS = ("model", "num_classes", "in_channels", "image_size", "width")
 
 
-class NetworkFeatures:
-    """Features from a user-supplied network file (e.g. Inception-v3 for standard FID)."""
+def save_feature_network(network: nn.Module, path: str | Path, **arch: Any) -> None:
+    """Write a feature network as safetensors weights plus its architecture in the metadata.
 
-    def __init__(self, path: str | Path, input_size: int = 299, batch_size: int = 64) -> None:
-        import warnings
+    ``arch``: ``model`` (a name of :data:`salun.models.MODELS`), ``num_classes``,
+    ``in_channels``, ``image_size`` and ``width`` (the arguments of ``build_model``).
+    """
+    from salun.io import save_tensors
+
+    missing = [k for k in ARCH_KEYS if k not in arch]
+    if missing:
+        raise SalunError(f"feature network architecture lacks {', '.join(missing)}")
+    meta = {"format": FEATURE_FORMAT, **{k: str(arch[k]) for k in ARCH_KEYS}}
+    save_tensors(path, network.state_dict(), meta)
+
+
+class NetworkFeatures(ClassifierFeatures):
+    """Penultimate features of a salun architecture whose weights come from a safetensors file.
+
+    Only data is read: the architecture (recorded in the file's metadata) is built in code by
+    :func:`salun.models.build_model` and the weights are loaded with safetensors, which cannot
+    run code. Executable formats (torch.export ``.pt2``, TorchScript, pickles) are refused:
+    loading them can run arbitrary code (``torch.export.load`` unpickles parts of the archive).
+    """
+
+    def __init__(self, path: str | Path, input_size: int = 0, batch_size: int = 64) -> None:
+        from salun.io import load_tensors, read_metadata
+        from salun.models import MODELS, build_model
 
         path = Path(path)
-        if not path.is_file():
-            raise SalunError(f"FID feature network {str(path)!r} does not exist")
-        kind = "export" if path.suffix == ".pt2" else "torchscript"
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit in torch >= 2.10
-                if kind == "export":
-                    self.model: Any = torch.export.load(str(path)).module()
-                else:
-                    self.model = torch.jit.load(str(path), map_location="cpu").eval()
-        except Exception as e:
+        where = f"FID feature network {str(path)!r}"
+        if path.suffix != ".safetensors":
             raise SalunError(
-                f"FID feature network {str(path)!r} does not load as a {LABELS[kind]}: {e}"
-            ) from e
-        self.name = f"{kind}:{path.name}"
-        self.input_size, self.batch_size = input_size, batch_size
+                f"{where} must be a .safetensors file written by save_feature_network; "
+                "executable formats (torch.export, TorchScript, pickles) are refused"
+            )
+        if not path.is_file():
+            raise SalunError(f"{where} does not exist")
+        try:
+            meta = read_metadata(path)
+            state = load_tensors(path)
+        except Exception as e:  # safetensors raises its own error types
+            raise SalunError(f"{where} is not a readable safetensors file: {e}") from None
+        if meta.get("format") != FEATURE_FORMAT or any(k not in meta for k in ARCH_KEYS):
+            raise SalunError(
+                f"{where} has no {FEATURE_FORMAT} architecture metadata ({', '.join(ARCH_KEYS)})"
+            )
+        if meta["model"] not in MODELS:
+            raise SalunError(
+                f"{where}: unknown model {meta['model']!r}; allowed: {', '.join(MODELS)}"
+            )
+        try:
+            sizes = {k: int(meta[k]) for k in ARCH_KEYS[1:]}
+        except ValueError:
+            raise SalunError(f"{where}: architecture sizes must be integers") from None
+        model = build_model(meta["model"], **sizes)
+        own = model.state_dict()
+        if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
+            raise SalunError(f"{where}: weights do not match its recorded architecture")
+        if any(v.is_floating_point() and not bool(v.isfinite().all()) for v in state.values()):
+            raise SalunError(f"{where} holds non-finite weights (NaN or inf)")
+        model.load_state_dict(state)
+        super().__init__(model.eval(), batch_size)
+        self.name = f"{meta['model']}:{path.name}"
+        self.in_channels = sizes["in_channels"]
+        self.input_size = input_size or sizes["image_size"]
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> np.ndarray:
-        feats = []
-        for chunk in images.split(self.batch_size):
-            x = chunk.float()
-            if x.shape[1] == 1:
-                x = x.repeat(1, 3, 1, 1)
-            if self.input_size and x.shape[-1] != self.input_size:
-                x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear")
-            feats.append(self.model(x).flatten(1))
-        return torch.cat(feats).numpy()
+        x = images.float()
+        if x.shape[1] == 1 and self.in_channels == 3:
+            x = x.repeat(1, 3, 1, 1)
+        elif x.shape[1] != self.in_channels:
+            raise SalunError(
+                f"FID feature network expects {self.in_channels} channels, images have {x.shape[1]}"
+            )
+        if x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear")
+        return super().__call__(x)
 
 
-def feature_extractor(spec: str, classifier: nn.Module | None, input_size: int = 299):
-    """``classifier`` -> :class:`ClassifierFeatures`; a file path -> :class:`NetworkFeatures`."""
+def feature_extractor(spec: str, classifier: nn.Module | None, input_size: int = 0):
+    """``classifier`` -> :class:`ClassifierFeatures`; a ``.safetensors`` path ->
+    :class:`NetworkFeatures`. Nothing else is accepted (nothing executable is ever loaded)."""
     if spec == "classifier":
         if classifier is None:
             raise SalunError("fid_features=classifier needs the judge classifier")

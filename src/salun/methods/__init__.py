@@ -15,6 +15,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from salun.checks import check_value, field_types
 from salun.errors import SalunError, unknown_choice
 from salun.registry import METHODS
 
@@ -31,18 +32,9 @@ class UnlearnData:
     seed: int = 0
 
 
-def _coerce(value: Any, default: Any, where: str, annotation: str = "") -> Any:
-    numeric = isinstance(default, float) or (default is None and "float" in annotation)
-    if numeric and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads 5e-4 as a string
-        except ValueError:
-            raise SalunError(f"{where} must be a number, got {value!r}") from None
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    if numeric and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check a hyperparameter against its annotation (one-line error; NaN and inf refused)."""
+    return check_value(value, tp, where)
 
 
 def get_method(name: str, **params: Any):
@@ -52,11 +44,8 @@ def get_method(name: str, **params: Any):
     for key in params:
         if key not in fields:
             raise unknown_choice(f"parameter of method {name!r}", key, fields)
-    defaults = cls()
-    kwargs = {
-        k: _coerce(v, getattr(defaults, k), f"{name}.{k}", str(fields[k].type))
-        for k, v in params.items()
-    }
+    types_ = field_types(cls)
+    kwargs = {k: _coerce(v, types_.get(k, Any), f"{name}.{k}") for k, v in params.items()}
     method = cls(**kwargs)
     check = getattr(method, "check", None)
     if check is not None:
