@@ -45,8 +45,10 @@ def floor_note(floor: float, gap: float | None = None) -> str:
         "an Avg. Gap below the floor is not a difference from Retrain"
     )
     if gap is not None and not math.isnan(gap) and not math.isnan(floor):
-        verdict = "below the floor: within Retrain's own noise" if gap <= floor else (
-            f"{gap - floor:.2f} above the floor"
+        verdict = (
+            "below the floor: within Retrain's own noise"
+            if gap <= floor
+            else (f"{gap - floor:.2f} above the floor")
         )
         line += f" (this run: {_fmt(gap)}, {verdict})"
     return line + "."

@@ -96,7 +96,9 @@ class Estimator:
         keep = [i for i, y in enumerate(v_labels.tolist()) if y not in gone]
         self.val = Subset(val, keep) if self.classwise else val
         if len(self.val) < 4:
-            raise ValueError("calibration: fewer than 4 validation samples outside the forget class")
+            raise ValueError(
+                "calibration: fewer than 4 validation samples outside the forget class"
+            )
         perm = rng.permutation(len(self.val))
         self.val_fit, self.val_held = perm[: len(perm) // 2], perm[len(perm) // 2 :]
         ref = self._scores(original)
@@ -127,7 +129,12 @@ class Estimator:
     def __call__(self, model: nn.Module) -> dict[str, Any]:
         s = self._scores(model)
         target = {**self.targets, "MIA-Efficacy": 100.0 if self.classwise else s["val_mia"]}
-        value = {"UA": s["UA"], "MIA-Efficacy": s["MIA-Efficacy"], "RA": s["RA"], "TA": s["val_acc"]}
+        value = {
+            "UA": s["UA"],
+            "MIA-Efficacy": s["MIA-Efficacy"],
+            "RA": s["RA"],
+            "TA": s["val_acc"],
+        }
         gaps = {k: abs(value[k] - target[k]) for k in COMPONENTS}
         return {
             "estimate": sum(gaps.values()) / len(gaps),
@@ -204,8 +211,12 @@ def calibrated_unlearn(method, model: nn.Module, data, task, mask=None):
         assert monitor.best is not None
         score, epoch, _ = monitor.best
         runs.append(
-            {"lr": candidate.lr, "best_epoch": epoch, "best_estimate": score,
-             "trajectory": monitor.trajectory}
+            {
+                "lr": candidate.lr,
+                "best_epoch": epoch,
+                "best_estimate": score,
+                "trajectory": monitor.trajectory,
+            }
         )
         log.info("calibration lr %.3g: best estimate %.3f at epoch %d", candidate.lr, score, epoch)
         if best is None or score < best[0]:
