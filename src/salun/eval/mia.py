@@ -3,9 +3,9 @@
 Definition (SalUn, Fan et al. ICLR 2024, App. C.3; after Song & Mittal, USENIX Security 2021):
 the feature of a sample is the model's softmax probability of its true label. An RBF SVM,
 sklearn ``SVC(C=3, gamma="auto", kernel="rbf")`` as in the reference code (``SVC_MIA.py``;
-gamma = 1 / n_features = 1 on this one-dimensional feature), is fitted with members = a seeded random sample of the retain set of
-the test set's size (label 1) and non-members = the test set (label 0). MIA-Efficacy is the
-percentage of forget samples predicted non-member. Higher means the forget set looks unseen.
+gamma = 1 / n_features = 1 on this one-dimensional feature), is fitted with members = a seeded
+random sample of the retain set of the test set's size (label 1) and non-members = the test set
+(label 0). MIA-Efficacy is the percentage of forget samples predicted non-member. Higher means the forget set looks unseen.
 (The reference takes the first |test| retain samples; we draw them with a recorded seed.)
 
 ``gamma="scale"`` (1 / (n_features * Var(x)), this package's metric up to evaluator

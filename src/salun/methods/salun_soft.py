@@ -3,7 +3,8 @@
 Fan et al., "SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency in Both
 Image Classification and Generation", ICLR 2024 (arXiv 2310.12508), "soft-thresholding SalUn".
 Objective: the RL objective of SalUn's reference form (per epoch one pass over D_f with random
-labels drawn per batch, ``labels`` as in :mod:`salun.methods.rl`, then one pass over D_r), min E_{D_f} CE(theta; x, y') +
+labels drawn per batch, ``labels`` as in :mod:`salun.methods.rl`, then one pass over D_r),
+min E_{D_f} CE(theta; x, y') +
 E_{D_r} CE(theta; x, y), with the update delta = theta - theta_o soft-thresholded after every
 optimiser step, theta <- theta_o + soft(theta - theta_o). Two definitions of ``soft``:
 

@@ -10,10 +10,11 @@ mean). Epochs 0..max_steps-1 run one max pass over D_f and then one min pass ove
 epochs run the min pass only.
 
 Defaults are the authors' CIFAR-10 ("large-scale") settings in meghdadk/SCRUB: SGD lr 5e-4,
-momentum 0.9, weight decay 5e-4, 3 epochs, max_steps 2, T 4, alpha 0.001, CE weight (their gamma) 0.99,
-D_r batches of 256 and D_f batches of 512 (their lr decay milestones fall after epoch 3, so the
+momentum 0.9, weight decay 5e-4, 3 epochs, max_steps 2, T 4, alpha 0.001, CE weight (their
+gamma) 0.99, D_r batches of 256 and D_f batches of 512 (their lr decay milestones fall after epoch 3, so the
 rate is constant). The CE weight is ``ce_weight`` here (the paper's gamma): ``gamma`` is the
-shared lr schedule's decay factor (schedule=step). The authors' "rewind" variant (SCRUB+R) is not implemented.
+shared lr schedule's decay factor (schedule=step). The authors' "rewind" variant (SCRUB+R) is
+not implemented.
 """
 
 from __future__ import annotations
