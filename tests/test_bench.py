@@ -41,7 +41,8 @@ def test_grid_expansion():
     names = [r.name for r in runs]
     assert "random10/seed0/original" in names and "random10/seed1/retrain" in names
     assert "random10/seed0/salun_lr=0.001_" in names and "random10/seed0/salun_lr=0.01_" in names
-    assert len(runs) == 2 * (2 + 4)
+    assert "random10/seed1/retrain_prime" in names  # Retrain': the noise floor
+    assert len(runs) == 2 * (3 + 4)
 
 
 def test_bad_grid_fails_before_any_run(tmp_path, capsys):
@@ -55,7 +56,7 @@ def test_bad_grid_fails_before_any_run(tmp_path, capsys):
 
 def test_report_cell_recomputed_by_hand(bench_dir):
     runs = _metrics(bench_dir)
-    assert len(runs) == 10
+    assert len(runs) == 12  # 2 seeds x (original, Retrain, Retrain', 3 methods)
     report = json.loads((bench_dir / "report.json").read_text())
     row = next(r for r in report["scenarios"]["random10"] if r["label"] == "salun")
     ua = [runs[f"random10/seed{s}/salun"]["metrics"]["UA"] for s in (0, 1)]
@@ -71,7 +72,11 @@ def test_report_cell_recomputed_by_hand(bench_dir):
     assert row["gap"]["Avg. Gap"]["ci95"] == pytest.approx(half)
     for name in ("report.md", "report.csv", "gaps_random10.png", "scatter_random10.png"):
         assert (bench_dir / name).is_file(), name
-    assert "Original model's training accuracy" in (bench_dir / "report.md").read_text()
+    text = (bench_dir / "report.md").read_text()
+    assert "Original model's training accuracy" in text
+    floor = next(r for r in report["scenarios"]["random10"] if r["kind"] == "retrain_prime")
+    assert f"Noise floor (Avg. Gap of Retrain'" in text
+    assert floor["gap"]["Avg. Gap"]["n"] == 2
 
 
 def _wait_for_done(log: Path, count: int, proc, timeout: float = 240) -> None:
@@ -94,15 +99,15 @@ def test_interrupted_bench_resumes_to_the_same_report(bench_dir, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and the run it was executing
     proc.wait()
     finished_before = set(_metrics(out))
-    assert 3 <= len(finished_before) < 10
+    assert 3 <= len(finished_before) < 12
     assert main(["bench", *SMOKE, "--out", str(out), "--no-progress"]) == 0
 
     log = (out / "executions.log").read_text().splitlines()
     done = [line.split(" done ")[1] for line in log if " done " in line]
-    assert sorted(done) == sorted(set(done)) and len(done) == 10  # no finished run ran twice
+    assert sorted(done) == sorted(set(done)) and len(done) == 12  # no finished run ran twice
     trained = [line.split(" trained ")[1] for line in log if " trained " in line]
     assert len(trained) == len(set(trained))  # each original / Retrain model trained once
-    assert len(trained) == 4  # 2 seeds x (original, Retrain)
+    assert len(trained) == 6  # 2 seeds x (original, Retrain, Retrain')
 
     a = json.loads((bench_dir / "report.json").read_text())["scenarios"]
     b = json.loads((out / "report.json").read_text())["scenarios"]

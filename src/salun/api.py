@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from salun.errors import SalunError
 from salun.eval import evaluate_classifier
-from salun.methods import UnlearnData, get_method
+from salun.methods import UnlearnData, get_method, run_method
 from salun.saliency import SaliencyMask, compute_saliency_mask
 from salun.tasks.classification import ClassificationTask, resolve_device
 
@@ -149,6 +149,7 @@ def unlearn(
     device: str = "auto",
     seed: int = 0,
     progress: bool = False,
+    val: Dataset | DataLoader | None = None,
     **params: Any,
 ) -> nn.Module:
     """Make ``model`` forget ``forget`` while keeping ``retain``; returns the model (changed in
@@ -160,12 +161,23 @@ def unlearn(
         retain: the data to keep (D_r).
         method: a registered method name (``salun.list_methods()``).
         mask: a :class:`SaliencyMask`, ``True`` to compute one (top ``mask_ratio``), or ``None``
-            (SalUn then computes its own; other methods update every weight).
+            (SalUn then computes its own; other methods update every weight). ``False`` is
+            refused for SalUn, which is defined by its mask (use ``method="rl"``).
+        mask_ratio: the saliency mask's ratio; for ``salun_soft`` its soft-threshold ratio.
+        val: a validation split held out of training (never the test set): with it, methods
+            with ``calibrate=True`` (SalUn by default) choose lr and epoch by the Retrain-free
+            estimate (:mod:`salun.methods._calibrate`); without it they run as configured.
         num_classes: number of classes (default: inferred from one forward pass).
         seed: seeds data order and random labels.
         **params: the method's hyperparameters (e.g. ``lr=0.01, epochs=5``).
     """
+    if "mask_ratio" in params:
+        raise SalunError("pass the mask ratio as mask_ratio=..., the argument of salun.unlearn")
     m = get_method(method, **params)
+    if mask is False and getattr(type(m), "requires_mask", False):
+        raise SalunError(
+            f"mask=False: method {method!r} is defined by its saliency mask; use method='rl'"
+        )
     forget_ds, retain_ds = _dataset(forget, "forget"), _dataset(retain, "retain")
     if len(forget_ds) == 0:  # type: ignore[arg-type]
         raise SalunError("the forget set is empty: there is nothing to unlearn")
@@ -176,9 +188,12 @@ def unlearn(
         mask = compute_saliency_mask(model, forget_ds, task, mask_ratio)
     elif mask is False:
         mask = None
-    if method == "salun" and mask is None:
+    if hasattr(m, "mask_ratio"):  # salun (its own mask) and salun_soft (soft threshold)
         m.mask_ratio = mask_ratio
-    return m.unlearn(model, UnlearnData(forget_ds, retain_ds, seed), task, mask=mask)
+        m.check()
+    val_ds = None if val is None else _dataset(val, "val")
+    data = UnlearnData(forget_ds, retain_ds, seed, val=val_ds)
+    return run_method(m, model, data, task, mask)[0]
 
 
 def evaluate(

@@ -189,7 +189,18 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     _print_metrics("unlearned:", r["metrics"])
     if "retrain" in r:
         _print_metrics("retrain:", r["retrain"]["metrics"])
-        print(f"Avg. Gap to Retrain: {r['gap']['Avg. Gap']:.2f}")
+        gap = r["gap"]["Avg. Gap"]
+        print(f"Avg. Gap to Retrain: {gap:.2f}")
+        if "noise_floor" in r:
+            from salun.report import floor_note
+
+            print(floor_note(r["noise_floor"]["floor"], gap))
+    cal = r["run"].get("calibration")
+    if cal and "skipped" not in cal:
+        print(
+            f"calibration ({cal['scenario']}): lr {cal['lr']:.3g}, epoch {cal['epoch']}, "
+            f"estimated Avg. Gap {cal['estimate']:.2f} -> calibration.json, calibration.png"
+        )
     print(f"run folder: {args.out}")
     return 0
 

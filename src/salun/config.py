@@ -33,7 +33,8 @@ class DataConfig:
     image_size: int | None = None  # resize; None keeps the native size (digits: 16)
     train_subset: int | None = None  # use at most this many training images (stratified)
     test_subset: int | None = None
-    val_fraction: float = 0.0  # held out of the training pool, never trained on
+    val_fraction: float = 0.0  # held out of the training pool, never trained on (calibration)
+    augment: bool = False  # random crop (4-px padding) + flip when training original / Retrain
     scenario: str = "random"  # random | class
     forget_ratio: float | None = 0.1  # random forgetting: share of the training set
     forget_count: int | None = None  # random forgetting: exact number (overrides the ratio)
@@ -335,6 +336,7 @@ def validate(cfg: Config) -> Config:
         _check_diffusion(cfg)
     method = get_method(cfg.unlearn.method, **cfg.unlearn.params)  # validates name and params
     check_task(cfg.unlearn.method, cfg.task)
+    _check_mask_choice(cfg, method)
     cfg.unlearn.params = {
         k: list(v) if isinstance(v, tuple) else v
         for k, v in ((k, getattr(method, k)) for k in cfg.unlearn.params)
@@ -344,6 +346,24 @@ def validate(cfg: Config) -> Config:
 
         expand_grid(cfg)  # every run of the grid must be valid before any starts
     return cfg
+
+
+def _check_mask_choice(cfg: Config, method: Any) -> None:
+    """A method that requires a mask (SalUn) refuses use_mask=false and a second mask ratio."""
+    if not getattr(type(method), "requires_mask", False):
+        return
+    name = cfg.unlearn.method
+    if cfg.unlearn.use_mask is False:
+        raise SalunError(
+            f"unlearn.use_mask=false: method {name!r} is defined by its saliency mask (without "
+            "one it is random labelling); use unlearn.method=rl, or drop use_mask"
+        )
+    ratio = cfg.unlearn.params.get("mask_ratio")
+    if ratio is not None and float(ratio) != float(cfg.mask.ratio):
+        raise SalunError(
+            f"unlearn.params.mask_ratio={ratio} conflicts with mask.ratio={cfg.mask.ratio}: "
+            "the pipeline's mask uses mask.ratio; set mask.ratio only"
+        )
 
 
 def _check_diffusion(cfg: Config) -> None:

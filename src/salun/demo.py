@@ -14,8 +14,17 @@ from salun.errors import SalunError
 from salun.eval import avg_gap
 from salun.eval.classification import DEFINITIONS, EVAL_VERSION
 from salun.io import write_json, write_text
-from salun.report import gap_bar_chart, markdown_table
-from salun.run import evaluate, prepare, run_log, train_model, unlearn_once, versions
+from salun.report import floor_note, gap_bar_chart, markdown_table
+from salun.run import (
+    evaluate,
+    noise_floor,
+    prepare,
+    run_log,
+    save_calibration,
+    train_model,
+    unlearn_once,
+    versions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +81,19 @@ def run_scenario(cfg: Config, out: Path, methods: dict[str, dict[str, Any]]) -> 
         retrain, retrain_info = train_model(exp, "retrain")
         ref = evaluate(exp, retrain)
         orig_metrics = evaluate(exp, original)
+        floor = noise_floor(exp, ref)
         rows = [
             _row("Retrain", ref, retrain_info.get("seconds"), ref),
+            _row("Retrain' (noise floor)", floor["metrics"], floor["info"].get("seconds"), ref),
             _row("Original (do nothing)", orig_metrics, 0.0, ref),
         ]
         runs: dict[str, Any] = {}
         for name, params in methods.items():
             model, info = unlearn_once(exp, original, name, params, mask=name == "salun")
             info.pop("_mask_obj", None)
+            calibration = info.pop("_calibration", None)
+            if calibration and "skipped" not in calibration:
+                save_calibration(out / name, calibration)
             metrics = evaluate(exp, model)
             runs[name] = {"run": info, "metrics": metrics}
             rows.append(_row(name, metrics, info["rte_seconds"], ref))
@@ -100,6 +114,7 @@ def run_scenario(cfg: Config, out: Path, methods: dict[str, dict[str, Any]]) -> 
             "sizes": {k: len(getattr(exp.split, k)) for k in ("train", "forget", "retain", "test")},
             "original": {"info": orig_info, "metrics": orig_metrics},
             "retrain": {"info": retrain_info, "metrics": ref},
+            "noise_floor": {k: floor[k] for k in ("floor", "gaps", "metrics", "init_seed")},
             "methods": runs,
             "rows": rows,
             "definitions": DEFINITIONS,
@@ -112,10 +127,11 @@ def run_scenario(cfg: Config, out: Path, methods: dict[str, dict[str, Any]]) -> 
             out / "report.md",
             f"# {title}\n\nValues in parentheses: |method - Retrain|. Split hash "
             f"`{exp.split.hash[:12]}`; sizes {result['sizes']}.\n\n{table}\n\n"
+            f"{floor_note(floor['floor'])}\n\n"
             f"## Definitions ({EVAL_VERSION})\n\n{notes}\n",
         )
         gap_bar_chart(rows[1:], out / "gaps.png", title)
-        result["table"] = table
+        result["table"] = table + "\n\n" + floor_note(floor["floor"])
     return result
 
 

@@ -37,16 +37,31 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLU
     return "\n".join(lines)
 
 
+def floor_note(floor: float, gap: float | None = None) -> str:
+    """One line on the noise floor: Retrain' (Retrain from another initialisation seed) vs
+    Retrain. A gap below it is not a difference from Retrain."""
+    line = (
+        f"Noise floor (Avg. Gap of Retrain' = Retrain from another init seed): {_fmt(floor)}; "
+        "an Avg. Gap below the floor is not a difference from Retrain"
+    )
+    if gap is not None and not math.isnan(gap) and not math.isnan(floor):
+        verdict = (
+            "below the floor: within Retrain's own noise"
+            if gap <= floor
+            else (f"{gap - floor:.2f} above the floor")
+        )
+        line += f" (this run: {_fmt(gap)}, {verdict})"
+    return line + "."
+
+
 def gap_bar_chart(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> None:
     """Grouped bars of |method - Retrain| per metric, plus the Avg. Gap, one group a method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     metrics = ["UA", "MIA-Efficacy", "RA", "TA", "Avg. Gap"]
     rows = [r for r in rows if r.get("gaps")]
-    fig, ax = plt.subplots(figsize=(1.4 + 1.3 * max(len(rows), 1), 3.6), dpi=110)
+    fig = Figure(figsize=(1.4 + 1.3 * max(len(rows), 1), 3.6), dpi=110)
+    ax = fig.add_subplot()
     width = 0.8 / len(metrics)
     for j, m in enumerate(metrics):
         xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
@@ -57,4 +72,3 @@ def gap_bar_chart(rows: Sequence[dict[str, Any]], path: str | Path, title: str) 
     ax.legend(fontsize=7, ncols=len(metrics), loc="upper center", bbox_to_anchor=(0.5, -0.22))
     fig.tight_layout()
     save_figure(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)

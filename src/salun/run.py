@@ -35,7 +35,7 @@ from salun.io import (
     staged_folder,
     write_json,
 )
-from salun.methods import UnlearnData, check_task, get_method, method_params
+from salun.methods import UnlearnData, check_task, get_method, method_params, run_method
 from salun.methods._fit import Optim, fit
 from salun.models import build_model
 from salun.saliency import SaliencyMask, compute_saliency_mask
@@ -78,6 +78,11 @@ class Experiment:
     @property
     def train(self) -> IndexedDataset:
         return self.subset("train")
+
+    @property
+    def val(self) -> IndexedDataset | None:
+        """The validation split (held out of training), or None when there is none."""
+        return self.subset("val") if len(self.split.val) else None
 
     def new_model(self, seed: int | None = None) -> nn.Module:
         """A freshly initialised model (seeded); normalisation from the training images."""
@@ -203,6 +208,8 @@ def _cache_key(exp: Experiment, kind: str, indices: np.ndarray, recipe: TrainCon
         "seed": c.seed,
         "torch": torch.__version__.split("+")[0],
     }
+    if c.data.augment:
+        key["augment"] = "crop4+flip"  # absent when off: keys written before the option hold
     if c.task == "ddpm":
         g = c.diffusion
         key["model"] = {
@@ -213,17 +220,28 @@ def _cache_key(exp: Experiment, kind: str, indices: np.ndarray, recipe: TrainCon
     return hash_obj(key)[:20]
 
 
+#: Retrain' (the noise floor) is Retrain from this much larger an initialisation seed.
+RETRAIN_PRIME_OFFSET = 1000
+MODEL_KINDS = ("original", "retrain", "retrain_prime")
+
+
 def train_model(
-    exp: Experiment, kind: str = "original", use_cache: bool = True
+    exp: Experiment,
+    kind: str = "original",
+    use_cache: bool = True,
+    recipe: TrainConfig | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train the original model (on ``split.train``) or Retrain (on ``split.retain``).
+    """Train the original model (on ``split.train``), Retrain (on ``split.retain``) or Retrain'
+    (``retrain_prime``: Retrain from initialisation seed ``seed + 1000``, same data order).
 
     Cached under ``cfg.cache_dir`` by (dataset, model, indices, seed, recipe). Returns the model
     and info: seconds, training accuracy on the data it was trained on, cache hit.
+    ``recipe`` overrides the config's recipe (``unlearn.method=retrain`` with params).
     """
-    if kind not in ("original", "retrain"):
-        raise SalunError(f"unknown model kind {kind!r}; allowed: original, retrain")
-    recipe = exp.cfg.train if kind == "original" else exp.cfg.retrain_recipe
+    if kind not in MODEL_KINDS:
+        raise SalunError(f"unknown model kind {kind!r}; allowed: {', '.join(MODEL_KINDS)}")
+    if recipe is None:
+        recipe = exp.cfg.train if kind == "original" else exp.cfg.retrain_recipe
     indices = exp.split.train if kind == "original" else exp.split.retain
     key = _cache_key(exp, kind, indices, recipe)
     path = Path(exp.cfg.cache_dir) / f"{kind}-{key}.safetensors"
@@ -253,7 +271,8 @@ def _train(
     key: str,
     path: Path | None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    model = exp.new_model()
+    init_seed = exp.cfg.seed + (RETRAIN_PRIME_OFFSET if kind == "retrain_prime" else 0)
+    model = exp.new_model(init_seed)
     if path is not None and path.is_file():
         load_weights(model, path)
         info: dict[str, Any] = {k: _num(v) for k, v in read_metadata(path).items()}
@@ -262,7 +281,12 @@ def _train(
         return model, info
     reseed(exp, exp.cfg.seed)
     data = IndexedDataset(exp.bundle.train, indices)
-    loader = exp.task.loader(data, recipe.batch_size, True, exp.cfg.seed)
+    train_data: Any = data
+    if exp.cfg.data.augment:
+        from salun.data.augment import Augmented
+
+        train_data = Augmented(data)
+    loader = exp.task.loader(train_data, recipe.batch_size, True, exp.cfg.seed)
     start = time.perf_counter()
     fit(
         model,
@@ -348,7 +372,7 @@ def unlearn_once(
     Retrain is the exception: it trains a fresh model with the retrain recipe (cached).
     """
     if method_name == "retrain":
-        model, info = train_model(exp, "retrain")
+        model, info = train_model(exp, "retrain", recipe=retrain_recipe(exp.cfg, params))
         return model, {"rte_seconds": info.get("seconds"), "mask_seconds": 0.0, "retrain": info}
     method = get_method(method_name, **(params or {}))
     check_task(method_name, exp.cfg.task)
@@ -364,10 +388,12 @@ def unlearn_once(
         mask_seconds = time.perf_counter() - start
     elif mask is False:
         mask = None
-    data = UnlearnData(forget=exp.forget, retain=exp.retain, seed=exp.cfg.seed)
-    model = method.unlearn(model, data, exp.task, mask=mask)
+    data = UnlearnData(forget=exp.forget, retain=exp.retain, seed=exp.cfg.seed, val=exp.val)
+    model, calibration = run_method(method, model, data, exp.task, mask)
     total = time.perf_counter() - start
     return model, {
+        "calibration": _calibration_summary(calibration),
+        "_calibration": calibration,
         "method": method_name,
         "params": method_params(method),
         "mask": None if mask is None else {**mask.meta, "fraction": mask.fraction},
@@ -384,6 +410,63 @@ def check_finite_weights(model: nn.Module, what: str = "the model") -> None:
             raise SalunError(
                 f"{what} has non-finite weights (NaN or inf) in {name!r}; refusing to evaluate it"
             )
+
+
+def retrain_recipe(cfg: Config, params: dict[str, Any] | None) -> TrainConfig:
+    """The retrain recipe, with ``unlearn.params`` of method 'retrain' overriding its fields."""
+    recipe = copy.deepcopy(cfg.retrain_recipe)
+    allowed = {f for f in asdict(recipe)}
+    for key, value in (params or {}).items():
+        if key not in allowed:
+            raise SalunError(
+                f"retrain parameter {key!r} is not part of a training recipe; allowed: "
+                + ", ".join(sorted(allowed))
+            )
+        setattr(recipe, key, list(value) if isinstance(value, tuple) else value)
+    return recipe
+
+
+def _calibration_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    if "skipped" in record:
+        return {"skipped": record["skipped"]}
+    return {"scenario": record["scenario"], **record["chosen"]}
+
+
+def save_calibration(out: Path, record: dict[str, Any] | None) -> None:
+    """``calibration.json`` and ``calibration.png`` in a run folder (when calibration ran)."""
+    if not record or "skipped" in record:
+        return
+    from salun.methods._calibrate import plot_calibration
+
+    write_json(out / "calibration.json", record)
+    plot_calibration(record, out / "calibration.png")
+
+
+def retrain_free_estimate(exp: Experiment, original: nn.Module, model: nn.Module) -> float | None:
+    """The calibration's Retrain-free Avg. Gap estimate of ``model`` (None without a val split)."""
+    if exp.val is None or exp.cfg.task != "classification":
+        return None
+    from salun.methods._calibrate import Estimator
+
+    est = Estimator(original, exp.forget, exp.retain, exp.val, exp.task, seed=exp.cfg.seed)
+    return float(est(model)["estimate"])
+
+
+def noise_floor(exp: Experiment, retrain_metrics: dict[str, Any]) -> dict[str, Any]:
+    """Retrain' (Retrain from another initialisation seed, cached) and its gap to Retrain: the
+    noise floor. A method's gap below ``floor`` cannot be told from Retrain's own variation."""
+    model, info = train_model(exp, "retrain_prime")
+    metrics = evaluate(exp, model)
+    gaps = avg_gap(metrics, retrain_metrics)
+    return {
+        "floor": gaps["Avg. Gap"],
+        "gaps": gaps,
+        "metrics": metrics,
+        "info": info,
+        "init_seed": exp.cfg.seed + RETRAIN_PRIME_OFFSET,
+    }
 
 
 def evaluate(exp: Experiment, model: nn.Module) -> dict[str, Any]:
@@ -499,6 +582,7 @@ def unlearn_in_folder(
     mask_obj = info.pop("_mask_obj", None)
     if mask_obj is not None:
         mask_obj.save(out / "mask.safetensors")
+    save_calibration(out, info.pop("_calibration", None))
     return original, orig_info, model, info, mask_obj
 
 
@@ -554,6 +638,8 @@ def run_unlearn(
                 result["retrain"] = {"info": rinfo, "metrics": evaluate(exp, retrain)}
                 result["gap"] = avg_gap(result["metrics"], result["retrain"]["metrics"])
                 result["retrain_distance"] = compare_to_retrain(model, retrain)
+                result["noise_floor"] = noise_floor(exp, result["retrain"]["metrics"])
+                result["retrain_free_estimate"] = retrain_free_estimate(exp, original, model)
             write_json(tmp / "metrics.json", result)
         write_audit(
             tmp,

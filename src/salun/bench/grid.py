@@ -1,6 +1,7 @@
 """Expand a bench config into named runs.
 
-For every scenario and seed: the original model, Retrain, then each method entry. A method
+For every scenario and seed: the original model, Retrain, Retrain' (Retrain from another
+initialisation seed: the noise floor), then each method entry. A method
 entry whose parameters hold lists expands into one run per combination.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 from salun.config import Config, config_from_dict, parse_override
 from salun.errors import SalunError
 
-REFERENCE_KINDS = ("original", "retrain")
+REFERENCE_KINDS = ("original", "retrain", "retrain_prime")
 
 
 @dataclass
@@ -24,7 +25,7 @@ class RunSpec:
     name: str  # scenario/seed{N}/label (also its folder)
     scenario: str
     seed: int
-    kind: str  # original | retrain | method
+    kind: str  # original | retrain | retrain_prime | method
     label: str
     method: str | None = None
     params: dict[str, Any] = field(default_factory=dict)

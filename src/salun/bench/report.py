@@ -4,7 +4,9 @@ Every number is recomputed from the run folders' ``metrics.json``. For each scen
 UA, MIA-Efficacy, RA, TA and RTE as mean +- std (sample std, ddof = 1) with a 95 % confidence
 interval (Student t, n - 1 degrees of freedom); the per-seed gap |method - Retrain| per metric
 and the Avg. Gap (mean of the four gaps) likewise; the run-time ratio RTE / Retrain's training
-time. Failed runs are listed with their one-line error.
+time. Failed runs are listed with their one-line error. Each scenario states its noise floor:
+the Avg. Gap of Retrain' (Retrain from another initialisation seed) to Retrain; a method whose
+Avg. Gap is below the floor cannot be told apart from Retrain and is marked so.
 """
 
 from __future__ import annotations
@@ -58,15 +60,15 @@ def collect(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def aggregate(done: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Scenario -> rows (one per method label), Retrain first, the original second."""
+    """Scenario -> rows (one per method label): Retrain, Retrain', the original, then methods."""
     retrain = {(r["scenario"], r["seed"]): r for r in done if r["kind"] == "retrain"}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in done:
         groups[(r["scenario"], r["label"])].append(r)
-    order = {"retrain": 0, "original": 1}
+    order = {"retrain": 0, "retrain_prime": 1, "original": 2}
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (scenario, label), runs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 2), kv[0][1])
+        groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 3), kv[0][1])
     ):
         row: dict[str, Any] = {
             "label": label,
@@ -109,8 +111,31 @@ def aggregate(done: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         )
         row["time_ratio"] = summarise(ratios)
         row["original_train_acc"] = summarise([r["original_train_acc"] for r in runs])
+        row["estimate"] = summarise(
+            [
+                math.nan if r.get("retrain_free_estimate") is None else r["retrain_free_estimate"]
+                for r in runs
+            ]
+        )
         out[scenario].append(row)
     return dict(out)
+
+
+def noise_floor(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The Avg. Gap summary of the Retrain' row (the noise floor), or None without one."""
+    for r in rows:
+        if r["kind"] == "retrain_prime":
+            return r["gap"]["Avg. Gap"]
+    return None
+
+
+def _vs_floor(row: dict[str, Any], floor: dict[str, float] | None) -> str:
+    if floor is None or row["kind"] in ("retrain", "retrain_prime"):
+        return ""
+    gap = row["gap"]["Avg. Gap"]["mean"]
+    if math.isnan(gap) or math.isnan(floor["mean"]):
+        return ""
+    return " (≤ floor)" if gap <= floor["mean"] else ""
 
 
 def _pm(s: dict[str, float], digits: int = 2) -> str:
@@ -140,10 +165,20 @@ def markdown(
     ]
     for scenario, rows in table.items():
         acc = rows[0]["original_train_acc"]
+        floor = noise_floor(rows)
+        floor_line = (
+            "No Retrain' runs: no noise floor."
+            if floor is None
+            else f"Noise floor (Avg. Gap of Retrain', Retrain from another initialisation seed): "
+            f"{_pm(floor)}. An Avg. Gap at or below the floor, marked (≤ floor), is not a "
+            "difference from Retrain."
+        )
         lines += [
             f"## {scenario}",
             "",
             f"Original model's training accuracy: {_pm(acc)} % (seeds {rows[0]['seeds']}).",
+            "",
+            floor_line,
             "",
             "| method | n | UA | MIA-Efficacy | RA | TA | Avg. Gap | Avg. Gap 95% CI | RTE (s) | time / Retrain |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -153,7 +188,8 @@ def markdown(
             lines.append(
                 f"| {r['label']} | {r['UA']['n']} | "
                 + " | ".join(cells)
-                + f" | {_pm(r['gap']['Avg. Gap'])} | {_ci(r['gap']['Avg. Gap'])} | {_pm(r['RTE'])} "
+                + f" | {_pm(r['gap']['Avg. Gap'])}{_vs_floor(r, floor)} | {_ci(r['gap']['Avg. Gap'])}"
+                f" | {_pm(r['RTE'])} "
                 f"| {_pm(r['time_ratio'], 3)} |"
             )
         lines += [
@@ -206,15 +242,13 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def _plots(table: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     files = []
     for scenario, rows in table.items():
         rows_m = [r for r in rows if r["kind"] != "retrain"]
-        fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(rows_m), 3.4), dpi=110)
+        fig = Figure(figsize=(1.5 + 1.1 * len(rows_m), 3.4), dpi=110)
+        ax = fig.add_subplot()
         means = [r["gap"]["Avg. Gap"]["mean"] for r in rows_m]
         errs = [
             0 if math.isnan(r["gap"]["Avg. Gap"]["std"]) else r["gap"]["Avg. Gap"]["std"]
@@ -223,14 +257,18 @@ def _plots(table: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
         ax.bar(range(len(rows_m)), means, yerr=errs, capsize=3, color="tab:blue")
         ax.set_xticks(range(len(rows_m)), [r["label"] for r in rows_m], rotation=25, ha="right")
         ax.set_ylabel("Avg. Gap to Retrain (points)")
+        floor = noise_floor(rows)
+        if floor is not None and not math.isnan(floor["mean"]):
+            ax.axhline(floor["mean"], color="grey", ls="--", lw=1, label="noise floor")
+            ax.legend(fontsize=7)
         ax.set_title(f"{scenario}: Avg. Gap (mean ± std over seeds)", fontsize=9)
         fig.tight_layout()
         name = f"gaps_{scenario}.png"
         _save(fig, out / name)
-        plt.close(fig)
         files.append(name)
 
-        fig, ax = plt.subplots(figsize=(4.6, 3.8), dpi=110)
+        fig = Figure(figsize=(4.6, 3.8), dpi=110)
+        ax = fig.add_subplot()
         for r in rows:
             ua, ta = r["UA"], r["TA"]
             ax.errorbar(
@@ -249,7 +287,6 @@ def _plots(table: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
         fig.tight_layout()
         name = f"scatter_{scenario}.png"
         _save(fig, out / name)
-        plt.close(fig)
         files.append(name)
     return files
 

@@ -26,7 +26,16 @@ def _record(folder: Path, line: str) -> None:
 
 
 def execute(folder: Path) -> dict[str, Any]:
-    from salun.run import evaluate, prepare, run_log, train_model, unlearn_once, versions
+    from salun.run import (
+        evaluate,
+        prepare,
+        retrain_free_estimate,
+        run_log,
+        save_calibration,
+        train_model,
+        unlearn_once,
+        versions,
+    )
 
     spec = read_json(folder / "run.json")
     cfg = load_config(str(folder / "config.yaml"))
@@ -46,8 +55,8 @@ def execute(folder: Path) -> dict[str, Any]:
         run: dict[str, Any]
         if spec["kind"] == "original":
             model, run = original, {"rte_seconds": 0.0, "mask_seconds": 0.0}
-        elif spec["kind"] == "retrain":
-            model, info = model_of("retrain")
+        elif spec["kind"] in ("retrain", "retrain_prime"):
+            model, info = model_of(spec["kind"])
             run = {"rte_seconds": info["seconds"], "mask_seconds": 0.0, "retrain": info}
         else:
             from salun.run import method_uses_mask
@@ -56,7 +65,9 @@ def execute(folder: Path) -> dict[str, Any]:
                 exp, original, spec["method"], spec["params"], mask=method_uses_mask(cfg)
             )
             run.pop("_mask_obj", None)
+            save_calibration(folder, run.pop("_calibration", None))
         metrics = evaluate(exp, model)
+        estimate = retrain_free_estimate(exp, original, model)
         distance = None
         if spec["kind"] != "retrain":
             from salun.eval import compare_to_retrain
@@ -64,7 +75,9 @@ def execute(folder: Path) -> dict[str, Any]:
             distance = compare_to_retrain(model, model_of("retrain")[0])
         from salun.run import population_attacks
 
-        name = {"original": "none", "retrain": "retrain"}.get(spec["kind"], spec["method"])
+        name = {"original": "none", "retrain": "retrain", "retrain_prime": "retrain"}.get(
+            spec["kind"], spec["method"]
+        )
         attacks = population_attacks(
             exp, name, spec.get("params") or {}, run.get("mask") and True or None, original, model
         )
@@ -76,8 +89,13 @@ def execute(folder: Path) -> dict[str, Any]:
         "original_train_acc": orig_info["train_acc"],
         "run": run,
         "metrics": {k: metrics[k] for k in ("UA", "MIA-Efficacy", "RA", "TA")},
-        "extended": {k: metrics[k] for k in ("mia_family", "ZRF") if k in metrics},
+        "extended": {
+            k: metrics[k]
+            for k in ("mia_family", "ZRF", "MIA-Efficacy (gamma=scale)")
+            if k in metrics
+        },
         "retrain_distance": distance,
+        "retrain_free_estimate": estimate,
         **attacks,
         "evaluation": {k: metrics[k] for k in ("sizes", "mia", "evaluator")},
         "definitions": DEFINITIONS,

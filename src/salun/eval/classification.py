@@ -16,11 +16,13 @@ import torch
 from salun.eval.accuracy import predict
 from salun.eval.agreement import DEFINITIONS as AGREEMENT_DEFINITIONS
 from salun.eval.agreement import l2_distance, random_init_copy, tug_of_war, zrf
-from salun.eval.mia import MIA_DEFINITION, mia_efficacy
+from salun.eval.mia import MIA_DEFINITION, MIA_SCALE_DEFINITION, mia_efficacy
 from salun.eval.mia_family import DEFINITIONS as MIA_FAMILY_DEFINITIONS
 from salun.eval.mia_family import mia_family
 
-EVAL_VERSION = "salun-eval-2"
+# salun-eval-3: MIA-Efficacy (and the SVC family) with gamma="auto" as in the reference code;
+# salun-eval-2 used gamma="scale" (kept as "MIA-Efficacy (gamma=scale)").
+EVAL_VERSION = "salun-eval-3"
 METRICS = ("UA", "MIA-Efficacy", "RA", "TA")
 
 DEFINITIONS = {
@@ -28,6 +30,7 @@ DEFINITIONS = {
     "RA": "top-1 accuracy (%) on the retain set D_r",
     "TA": "top-1 accuracy (%) on the test set (class-wise: without the forgotten class)",
     "MIA-Efficacy": MIA_DEFINITION,
+    "MIA-Efficacy (gamma=scale)": MIA_SCALE_DEFINITION,
     "RTE": "wall-clock seconds of unlearning, including the saliency mask when one is computed",
     "Avg. Gap": "mean over UA, MIA-Efficacy, RA, TA of |method - Retrain| on the same split",
     **MIA_FAMILY_DEFINITIONS,
@@ -57,6 +60,8 @@ def evaluate_classifier(
     mia = mia_efficacy(pr.true_prob, pt.true_prob, pf.true_prob, seed=mia_seed)
     extra: dict[str, Any] = {}
     if extended:
+        scale = mia_efficacy(pr.true_prob, pt.true_prob, pf.true_prob, mia_seed, gamma="scale")
+        extra["MIA-Efficacy (gamma=scale)"] = scale["mia_efficacy"]
         extra["mia_family"] = mia_family(pr.pair, pt.pair, pf.pair, seed=mia_seed)
         extra["ZRF"] = zrf(model, random_init_copy(model, seed=mia_seed), forget, task, batch_size)
     return {

@@ -36,7 +36,7 @@ SVC_FEATURES = ("confidence", "entropy", "m_entropy")
 LOG_FLOOR = 1e-30  # logs of probabilities are clamped at log(1e-30) ~ -69, as in the reference code
 
 _SVC_PROTOCOL = (
-    "SVC(RBF, C=3, gamma=scale) on {feat}; members = seeded random sample of D_r of size |test| "
+    "SVC(RBF, C=3, gamma=auto) on {feat}; members = seeded random sample of D_r of size |test| "
     "(label 1), non-members = test set (label 0); score = % of D_f predicted non-member"
 )
 

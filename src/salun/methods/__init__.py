@@ -25,11 +25,26 @@ GENERIC_TASKS: tuple[str, ...] = ("classification", "ddpm")
 
 @dataclass
 class UnlearnData:
-    """What a method may use: the forget set D_f, the retain set D_r and a seed."""
+    """What a method may use: the forget set D_f, the retain set D_r, a seed and, for the
+    Retrain-free calibration only, a validation split held out of training (never the test set).
+    """
 
     forget: Dataset
     retain: Dataset
     seed: int = 0
+    val: Dataset | None = None
+
+
+def run_method(method: Any, model: Any, data: UnlearnData, task: Any, mask: Any = None):
+    """``method.unlearn``, calibrated when the method asks for it (``calibrate=True``).
+
+    Returns ``(model, calibration record or None)``.
+    """
+    if getattr(method, "calibrate", False):
+        from salun.methods._calibrate import calibrated_unlearn
+
+        return calibrated_unlearn(method, model, data, task, mask)
+    return method.unlearn(model, data, task, mask=mask), None
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -107,4 +122,5 @@ __all__ = [
     "list_methods",
     "method_params",
     "method_tasks",
+    "run_method",
 ]

@@ -38,8 +38,12 @@ class Optim:
     batch_size: int = 256
     schedule: str = "constant"  # constant | step | cosine
     milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
+    gamma: float = 0.1  # lr decay factor of schedule=step
     grad_clip: float | None = None
+    # Retrain-free calibration (salun.methods._calibrate): with a validation split, run once per
+    # lr in lr_grid x lr, keep each run's best epoch by the estimate, return the best run.
+    calibrate: bool = False
+    lr_grid: tuple[float, ...] = (0.5, 1.0, 2.0)
 
     def check(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -51,6 +55,8 @@ class Optim:
                 f"epochs must be >= 0, lr > 0, batch_size >= 1 "
                 f"(got epochs={self.epochs}, lr={self.lr}, batch_size={self.batch_size})"
             )
+        if not self.lr_grid or any(not isinstance(m, int | float) or m <= 0 for m in self.lr_grid):
+            raise SalunError(f"lr_grid must be positive lr multipliers, got {self.lr_grid!r}")
 
 
 def make_optimizer(params, args: Optim) -> torch.optim.Optimizer:
@@ -81,8 +87,15 @@ def fit(
     desc: str = "unlearn",
     after_step: Callable[[int], None] | None = None,
 ) -> nn.Module:
-    """Run ``args.epochs`` epochs; ``phases(epoch)`` gives that epoch's (loader, loss) list."""
+    """Run ``args.epochs`` epochs; ``phases(epoch)`` gives that epoch's (loader, loss) list.
+
+    Under :func:`salun.methods._calibrate.monitoring`, the monitor scores the model after every
+    epoch and the best epoch's weights are restored at the end.
+    """
+    from salun.methods._calibrate import active_monitor
+
     args.check()
+    monitor = active_monitor()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, args)
@@ -111,6 +124,10 @@ def fit(
                 running += float(loss.detach())
                 count += 1
         log.debug("%s epoch %d: mean loss %.4f", desc, epoch + 1, running / max(count, 1))
+        if monitor is not None:
+            monitor.epoch_end(model, epoch + 1)
+    if monitor is not None:
+        monitor.finish(model)
     model.eval()
     return model
 

@@ -4,6 +4,11 @@ Every other method is judged by its gap to Retrain on the same split (Fan et al.
 Objective: min_theta E_{D_r} CE(theta; x, y) from a fresh initialisation.
 It re-initialises the given model in place (``reset_parameters`` on every module), so it needs
 no model factory. A saliency mask makes no sense for it and is refused.
+
+In the pipeline (``unlearn.method=retrain``) Retrain is trained with the config's ``retrain:``
+recipe (or ``train:``), cached; the parameters given in ``unlearn.params`` override that recipe's
+fields (``salun.run.retrain_recipe``), and parameters a recipe has no field for are refused.
+The defaults below apply to the Python API (``salun.unlearn(..., method="retrain")``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ class Retrain(Optim):
     lr: float = 0.1
     batch_size: int = 128
     schedule: str = "cosine"
-    accepts_mask: bool = False
+    accepts_mask: ClassVar[bool] = False
 
     def unlearn(self, model, data: UnlearnData, task, mask=None):
         if mask is not None:

@@ -6,13 +6,22 @@ Image Classification and Generation", ICLR 2024 (arXiv 2310.12508), eq. 8:
         E_{D_f, y' != y} CE(theta_u; x, y') + alpha * E_{D_r} CE(theta_u; x, y)
 
 Two forms:
-- ``form="reference"`` (default): as the authors' code runs it, each epoch is one pass over D_f
-  with fixed random labels drawn from *all* classes, then one full pass over D_r; alpha is
-  implicit. Default because the published numbers and learning rates were produced this way.
-- ``form="paper"``: the equation as written: y' drawn from the *other* classes, each step
-  pairs a D_r batch with a (cycled) D_f batch and weights the retain term by ``alpha``.
+- ``form="reference"`` (default): as the authors' code runs it (CIFAR-10/SVHN path), each epoch
+  is one pass over D_f with random labels, then one full pass over D_r; alpha is implicit.
+- ``form="paper"``: each step pairs a D_r batch with a (cycled) D_f batch and weights the
+  retain term by ``alpha``.
 
-Without a mask, SalUn computes its own (top ``mask_ratio`` of |grad of -CE on D_f|, global).
+Random labels (``labels``, see :mod:`salun.methods.rl`): drawn afresh for every batch, by
+default from the other classes (y' != y, eq. 8); ``labels="all"`` draws from all classes as the
+reference code does, ``labels="fixed"`` keeps one table for all epochs (the former default).
+
+Calibration (``calibrate=True``, the default; see :mod:`salun.methods._calibrate`): when a
+validation split is given, the run picks its learning rate from ``lr_grid`` x ``lr`` and its
+epoch by a Retrain-free estimate of the Avg. Gap; without a validation split it runs as is.
+
+Without a mask, SalUn computes its own (top ``mask_ratio`` of |grad of -CE on D_f|, global);
+in the pipeline the mask comes from ``mask.ratio`` (a different ``unlearn.params.mask_ratio``
+is refused) and ``unlearn.use_mask=false`` is refused: SalUn without a mask is RL.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import ClassVar
 from salun.errors import SalunError
 from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, cycle, fit
-from salun.methods.rl import random_label_table, relabelled_loss
+from salun.methods.rl import check_labels, forget_label_loss
 from salun.registry import METHODS
 from salun.saliency import compute_saliency_mask
 
@@ -37,28 +46,30 @@ class SalUn(Optim):
     epochs: int = 10
     lr: float = 0.013
     form: str = "reference"  # reference | paper
+    labels: str = "other"  # other (y' != y, per batch) | all (per batch) | fixed (one table)
     alpha: float | None = None  # retain weight (paper form); None: the task's (1, DDPM 1e-3)
-    mask_ratio: float = 0.5  # used only when no mask is passed
-    uses_mask: bool = True
+    mask_ratio: float = 0.5  # used only when no mask is passed (Python API)
+    calibrate: bool = True  # Retrain-free lr and epoch choice when a validation split exists
+    uses_mask: ClassVar[bool] = True
+    requires_mask: ClassVar[bool] = True
 
     def check(self) -> None:
         super().check()
         if self.form not in FORMS:
             raise SalunError(f"unknown SalUn form {self.form!r}; allowed: {', '.join(FORMS)}")
+        check_labels(self.labels, "salun")
 
     def unlearn(self, model, data: UnlearnData, task, mask=None):
         require_nonempty(data)
         if mask is None:
             mask = compute_saliency_mask(model, data.forget, task, self.mask_ratio)
+        forget_loss = forget_label_loss(task, data.forget, data.seed, self.labels)
         if self.form == "reference":
-            table = random_label_table(task, data.forget, data.seed, exclude_true=False)
             forget = task.loader(data.forget, self.batch_size, True, data.seed)
             retain = task.loader(data.retain, self.batch_size, True, data.seed + 1)
-            phases = [(forget, relabelled_loss(task, table)), (retain, task.loss)]
+            phases = [(forget, forget_loss), (retain, task.loss)]
             return fit(model, lambda e: phases, self, mask, task.progress, "SalUn")
 
-        table = random_label_table(task, data.forget, data.seed, exclude_true=True)
-        forget_loss = relabelled_loss(task, table)
         forget_iter = iter(cycle(task.loader(data.forget, self.batch_size, True, data.seed)))
         retain = task.loader(data.retain, self.batch_size, True, data.seed + 1)
 

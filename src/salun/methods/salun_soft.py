@@ -2,8 +2,9 @@
 
 Fan et al., "SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency in Both
 Image Classification and Generation", ICLR 2024 (arXiv 2310.12508), "soft-thresholding SalUn".
-Objective: the RL objective of SalUn's reference form (per epoch one pass over D_f with fixed
-random labels from all classes, then one pass over D_r), min E_{D_f} CE(theta; x, y') +
+Objective: the RL objective of SalUn's reference form (per epoch one pass over D_f with random
+labels drawn per batch, ``labels`` as in :mod:`salun.methods.rl`, then one pass over D_r),
+min E_{D_f} CE(theta; x, y') +
 E_{D_r} CE(theta; x, y), with the update delta = theta - theta_o soft-thresholded after every
 optimiser step, theta <- theta_o + soft(theta - theta_o). Two definitions of ``soft``:
 
@@ -21,7 +22,7 @@ optimiser step, theta <- theta_o + soft(theta - theta_o). Two definitions of ``s
   a share proportional to their saliency; with s in {0, 1} it is SalUn.
 
 The authors' code redraws y' every epoch and, for CIFAR, shuffles D_f (relabelled) and D_r into
-one loader; here y' is drawn once and the two passes are sequential, as in ``salun``'s
+one loader; here y' is drawn per batch and the two passes are sequential, as in ``salun``'s
 reference form.
 An explicit hard mask is honoured in both forms: non-salient weights stay bit-identical (and
 the proximal quantile is taken over the salient weights only).
@@ -38,7 +39,7 @@ import torch
 from salun.errors import SalunError
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
-from salun.methods.rl import random_label_table, relabelled_loss
+from salun.methods.rl import check_labels, forget_label_loss
 from salun.registry import METHODS
 from salun.saliency import gradient_saliency, kth_largest
 
@@ -81,6 +82,7 @@ class SalUnSoft(Optim):
     lr: float = 0.013
     form: str = "proximal"  # proximal | saliency
     mask_ratio: float = 0.5  # proximal: initial share pulled back; saliency: gamma's quantile
+    labels: str = "other"  # other (y' != y, per batch) | all (per batch) | fixed (one table)
 
     def check(self) -> None:
         super().check()
@@ -88,6 +90,7 @@ class SalUnSoft(Optim):
             raise SalunError(f"unknown salun_soft form {self.form!r}; allowed: {', '.join(FORMS)}")
         if not 0 < self.mask_ratio <= 1:
             raise SalunError(f"salun_soft.mask_ratio must be in (0, 1], got {self.mask_ratio!r}")
+        check_labels(self.labels, "salun_soft")
 
     def unlearn(self, model, data: UnlearnData, task, mask=None):
         require_nonempty(data)
@@ -99,10 +102,10 @@ class SalUnSoft(Optim):
             hard = [mask.masks[n].to(p.device) for n, p in named]
         anchors = [p.detach().clone() for p in params]
 
-        table = random_label_table(task, data.forget, data.seed, exclude_true=False)
+        forget_loss = forget_label_loss(task, data.forget, data.seed, self.labels)
         forget = task.loader(data.forget, self.batch_size, True, data.seed)
         retain = task.loader(data.retain, self.batch_size, True, data.seed + 1)
-        phases = [(forget, relabelled_loss(task, table)), (retain, task.loss)]
+        phases = [(forget, forget_loss), (retain, task.loss)]
 
         if self.form == "proximal":
             total = max(self.epochs * (len(forget) + len(retain)), 1)

@@ -4,15 +4,17 @@ Kurmanji, Triantafillou, Hayes, Triantafillou, "Towards Unbounded Machine Unlear
 NeurIPS 2023 (arXiv 2302.09880). Teacher = frozen copy of the original model; the student
 starts at the original. Objective (min-max, alternated per epoch):
     max-steps on D_f:  min_theta  -KL(p_T(x) || p_theta(x))
-    min-steps on D_r:  min_theta  alpha * KL(p_T(x) || p_theta(x)) + gamma * CE(theta; x, y)
+    min-steps on D_r:  min_theta  alpha * KL(p_T(x) || p_theta(x)) + ce_weight * CE(theta; x, y)
 with p = softmax(logits / T) and KL scaled by T^2 (Hinton et al.'s distillation loss, batch
 mean). Epochs 0..max_steps-1 run one max pass over D_f and then one min pass over D_r; later
 epochs run the min pass only.
 
 Defaults are the authors' CIFAR-10 ("large-scale") settings in meghdadk/SCRUB: SGD lr 5e-4,
-momentum 0.9, weight decay 5e-4, 3 epochs, max_steps 2, T 4, alpha 0.001, gamma 0.99,
-D_r batches of 256 and D_f batches of 512 (their lr decay milestones fall after epoch 3, so the
-rate is constant). The authors' "rewind" variant (SCRUB+R) is not implemented.
+momentum 0.9, weight decay 5e-4, 3 epochs, max_steps 2, T 4, alpha 0.001, CE weight (their
+gamma) 0.99, D_r batches of 256 and D_f batches of 512 (their lr decay milestones fall after epoch 3, so the
+rate is constant). The CE weight is ``ce_weight`` here (the paper's gamma): ``gamma`` is the
+shared lr schedule's decay factor (schedule=step). The authors' "rewind" variant (SCRUB+R) is
+not implemented.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class SCRUB(Optim):
     max_steps: int = 2  # epochs that start with a max pass over D_f
     T: float = 4.0  # distillation temperature
     alpha: float = 0.001  # weight of KL on D_r
-    gamma: float = 0.99  # weight of CE on D_r
+    ce_weight: float = 0.99  # weight of CE on D_r (the paper's gamma)
 
     def check(self) -> None:
         super().check()
@@ -70,9 +72,10 @@ class SCRUB(Optim):
                 f"max_steps={self.max_steps}, forget_batch_size={self.forget_batch_size}, "
                 f"T={self.T})"
             )
-        if self.alpha < 0 or self.gamma < 0:
+        if self.alpha < 0 or self.ce_weight < 0:
             raise SalunError(
-                f"scrub alpha and gamma must be >= 0 (got alpha={self.alpha}, gamma={self.gamma})"
+                f"scrub alpha and ce_weight must be >= 0 "
+                f"(got alpha={self.alpha}, ce_weight={self.ce_weight})"
             )
 
     def unlearn(self, model, data: UnlearnData, task, mask=None):
@@ -94,7 +97,7 @@ class SCRUB(Optim):
 
         def min_loss(model, batch):
             kl, s, y = kl_to_teacher(model, batch)
-            return self.alpha * kl + self.gamma * F.cross_entropy(s, y)
+            return self.alpha * kl + self.ce_weight * F.cross_entropy(s, y)
 
         def phases(epoch):
             if epoch < self.max_steps:
