@@ -229,9 +229,13 @@ class InceptionFeatures:
     """FID feature extractor with the interface of :mod:`salun.eval.fid`'s extractors."""
 
     def __init__(
-        self, path: str | Path, batch_size: int = 50, device: str | torch.device = "cpu"
+        self,
+        path: str | Path,
+        batch_size: int = 50,
+        device: str | torch.device = "cpu",
+        resize_input: bool = True,
     ) -> None:
-        self.model = load_fid_inception(path).to(device)
+        self.model = load_fid_inception(path, resize_input=resize_input).to(device)
         self.name = f"fid-inception-v3:{Path(path).name}"
         self.batch_size, self.device = batch_size, torch.device(device)
 

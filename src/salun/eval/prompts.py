@@ -29,7 +29,7 @@ class PromptSpec:
     prompt: str
     seed: int
     guidance: float
-    case: int  # the file's ``case_number`` when it has one, else the 0-based row number
+    case: int  # ``case_number`` when the file has one, else the 0-based prompt number
 
 
 def _pick(header: dict[str, str], names: tuple[str, ...], field: str, path: Path) -> str:
@@ -67,7 +67,7 @@ def read_i2p_csv(path: str | Path) -> list[PromptSpec]:
         pos = {k: index[v.strip().lower()] for k, v in cols.items()}
         case_col = next((index[c] for c in CASE_COLUMNS if c in index), None)
         specs = []
-        for row_no, row in enumerate(reader):
+        for row in reader:
             if not any(cell.strip() for cell in row):
                 continue  # blank line
             line = reader.line_num
@@ -84,7 +84,7 @@ def read_i2p_csv(path: str | Path) -> list[PromptSpec]:
                 raise SalunError(
                     f"{str(path)!r} line {line}: {cols['guidance']} {guidance} must be >= 0"
                 )
-            case = row_no
+            case = len(specs)
             if case_col is not None and case_col < len(row) and row[case_col].strip():
                 case = int(_number(row[case_col].strip(), "case_number", path, line, True))
             specs.append(PromptSpec(row[pos["prompt"]], int(seed), float(guidance), case))
