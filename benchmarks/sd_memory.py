@@ -321,7 +321,7 @@ COLUMNS = [
     ("adam", "Adam states"),
     ("mask", "mask (bool)"),
     ("anchor", "MaskGuard anchor"),
-    ("bf16_weights", "bf16 weight copies"),
+    ("bf16_weights", "bf16 weight copies (all conv/linear)"),
     ("activations", f"activations ({GRAPHS}x{BATCH} @ {LATENT}x{LATENT})"),
     ("total", "est. total"),
     ("frozen_target", "+ frozen target"),

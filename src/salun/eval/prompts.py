@@ -66,7 +66,7 @@ def read_i2p_csv(path: str | Path) -> list[PromptSpec]:
         }
         pos = {k: index[v.strip().lower()] for k, v in cols.items()}
         case_col = next((index[c] for c in CASE_COLUMNS if c in index), None)
-        specs = []
+        specs: list[PromptSpec] = []
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue  # blank line
