@@ -75,7 +75,7 @@ def _check_data(model: nn.Module, parts: dict[str, Dataset], device: torch.devic
     params = [p for p in model.parameters() if p.is_floating_point()]
     want = params[0].dtype if params else torch.float32
     shape = None
-    n_out = None
+    n_out = 0
     for what, ds in parts.items():
         if len(ds) == 0:  # type: ignore[arg-type]
             continue
@@ -117,7 +117,7 @@ def _check_data(model: nn.Module, parts: dict[str, Dataset], device: torch.devic
                 f"{what} label {int(bad[0])} is out of range for a model with {n_out} outputs "
                 f"(allowed 0..{n_out - 1})"
             )
-    return n_out or 0
+    return n_out
 
 
 def _task(

@@ -46,7 +46,7 @@ def write_audit(
     """Write ``folder/audit.json``; call it last, when every other file of the run is written."""
     folder = Path(folder)
     forget = split.forget.tolist()
-    metrics = {k: result.get(k) for k in ("metrics", "gap") if k in result}
+    metrics: dict[str, Any] = {k: result.get(k) for k in ("metrics", "gap") if k in result}
     for ref in ("retrain", "original"):
         if isinstance(result.get(ref), dict) and "metrics" in result[ref]:
             metrics[ref] = result[ref]["metrics"]

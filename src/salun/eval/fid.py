@@ -139,7 +139,13 @@ class NetworkFeatures(ClassifierFeatures):
             sizes = {k: int(meta[k]) for k in ARCH_KEYS[1:]}
         except ValueError:
             raise SalunError(f"{where}: architecture sizes must be integers") from None
-        model = build_model(meta["model"], **sizes)
+        model = build_model(
+            meta["model"],
+            num_classes=sizes["num_classes"],
+            in_channels=sizes["in_channels"],
+            image_size=sizes["image_size"],
+            width=sizes["width"],
+        )
         own = model.state_dict()
         if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
             raise SalunError(f"{where}: weights do not match its recorded architecture")
