@@ -75,7 +75,7 @@ def test_report_cell_recomputed_by_hand(bench_dir):
     text = (bench_dir / "report.md").read_text()
     assert "Original model's training accuracy" in text
     floor = next(r for r in report["scenarios"]["random10"] if r["kind"] == "retrain_prime")
-    assert f"Noise floor (Avg. Gap of Retrain'" in text
+    assert "Noise floor (Avg. Gap of Retrain'" in text
     assert floor["gap"]["Avg. Gap"]["n"] == 2
 
 

@@ -51,8 +51,10 @@ CASES = [
     ("iu", {"alpha": 0.02}, 30, 85),
     ("bs", {"lr": 1e-3}, 50, 95),
     ("be", {"lr": 5e-4}, 50, 80),
-    ("salun_soft", {"epochs": 5}, 50, 90),
-    ("salun_soft", {"epochs": 5, "form": "saliency"}, 50, 85),
+    # re-measured with labels drawn afresh per batch (issue 10): retain 84.0 and 84.6 (was >= 90
+    # with the former fixed label table)
+    ("salun_soft", {"epochs": 5}, 50, 80),
+    ("salun_soft", {"epochs": 5, "form": "saliency"}, 50, 80),
     ("fisher", {"form": "code", "alpha": 5e-7}, 40, None),
 ]
 

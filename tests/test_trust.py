@@ -63,7 +63,7 @@ def test_fresh_labels_from_all_classes_sometimes_hit_the_true_label():
 
 
 def test_labels_choice_is_checked():
-    with pytest.raises(SalunError, match="allowed: other, all, fixed"):
+    with pytest.raises(SalunError, match="allowed: all, other, fixed"):
         get_method("salun", labels="sometimes")
 
 

@@ -12,8 +12,9 @@ Two forms:
   retain term by ``alpha``.
 
 Random labels (``labels``, see :mod:`salun.methods.rl`): drawn afresh for every batch, by
-default from the other classes (y' != y, eq. 8); ``labels="all"`` draws from all classes as the
-reference code does, ``labels="fixed"`` keeps one table for all epochs (the former default).
+default from all classes as the reference code does (chosen by measurement, see there);
+``labels="other"`` draws y' != y (eq. 8 as written), ``labels="fixed"`` keeps one table for all
+epochs (the former default).
 
 Calibration (``calibrate=True``, the default; see :mod:`salun.methods._calibrate`): when a
 validation split is given, the run picks its learning rate from ``lr_grid`` x ``lr`` and its
@@ -46,7 +47,7 @@ class SalUn(Optim):
     epochs: int = 10
     lr: float = 0.013
     form: str = "reference"  # reference | paper
-    labels: str = "other"  # other (y' != y, per batch) | all (per batch) | fixed (one table)
+    labels: str = "all"  # all (per batch, reference) | other (y' != y, per batch) | fixed (table)
     alpha: float | None = None  # retain weight (paper form); None: the task's (1, DDPM 1e-3)
     mask_ratio: float = 0.5  # used only when no mask is passed (Python API)
     calibrate: bool = True  # Retrain-free lr and epoch choice when a validation split exists

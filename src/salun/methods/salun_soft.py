@@ -82,7 +82,7 @@ class SalUnSoft(Optim):
     lr: float = 0.013
     form: str = "proximal"  # proximal | saliency
     mask_ratio: float = 0.5  # proximal: initial share pulled back; saliency: gamma's quantile
-    labels: str = "other"  # other (y' != y, per batch) | all (per batch) | fixed (one table)
+    labels: str = "all"  # all (per batch, reference) | other (y' != y, per batch) | fixed (table)
 
     def check(self) -> None:
         super().check()
