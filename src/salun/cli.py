@@ -8,8 +8,10 @@ removed again when it fails, so no partial results are left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -40,9 +42,13 @@ def _config(args: argparse.Namespace):
         preset = "demo-ddpm"  # the DDPM defaults: digits 16x16, small UNet, class erasure
     if task is not None:
         overrides.insert(0, f"task={task}")
-    if getattr(args, "no_progress", False):
-        overrides.append("progress=false")
-    return load_config(preset, overrides)
+    from salun import distributed, runtime
+
+    if getattr(args, "no_progress", False) or not distributed.is_main():
+        overrides.append("progress=false")  # under torchrun only rank 0 shows progress
+    cfg = load_config(preset, overrides)
+    runtime.configure(cfg)  # precision, compile, determinism, checkpoint_every for the loops
+    return cfg
 
 
 def _print_metrics(title: str, m: dict[str, Any]) -> None:
@@ -356,6 +362,9 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     if out:
         p.add_argument("--out", required=True, help="run folder")
+        p.add_argument(
+            "--resume", action="store_true", help="continue a killed run from its checkpoints"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -463,13 +472,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (they are resumable), and so are folders of crashed runs (their log helps).
     fresh = out is not None and args.command not in ("bench", "tune") and not Path(out).exists()
     func: Callable[[argparse.Namespace], int] = args.func
+    from salun import distributed, runtime
+
+    # under torchrun: one process group; rank 0 prints and writes, the others compute
+    started = distributed.init_from_env()
+    main_rank = distributed.is_main()
+    if not main_rank:
+        logging.getLogger("salun").setLevel(logging.WARNING)
+    folder = out if args.command in ("train", "mask", "unlearn") else None
     try:
-        return func(args)
+        with contextlib.redirect_stdout(sys.stdout if main_rank else open(os.devnull, "w")):
+            with runtime.session(folder, resume=getattr(args, "resume", False)):
+                return func(args)
     except SalunError as e:
-        if fresh and out is not None:
+        if fresh and out is not None and main_rank:
             shutil.rmtree(out, ignore_errors=True)
         print(f"salun: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if started:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from salun import distributed, runtime
 from salun.config import Config, TrainConfig, save_config
 from salun.data import DatasetBundle, IndexedDataset, Split, load_dataset, make_split
 from salun.errors import SalunError
@@ -153,6 +154,7 @@ def prepare(cfg: Config, split_path: str | Path | None = None) -> Experiment:
             progress=cfg.progress,
             channels_last=cfg.model.channels_last,
         )
+    runtime.bind_task(task)
     return Experiment(cfg, bundle, split, task)
 
 
@@ -217,12 +219,40 @@ def train_model(
     key = _cache_key(exp, kind, indices, recipe)
     path = Path(exp.cfg.cache_dir) / f"{kind}-{key}.safetensors"
     model = exp.new_model()
-    if use_cache and path.is_file():
-        load_weights(model, path)
-        info: dict[str, Any] = {k: _num(v) for k, v in read_metadata(path).items()}
-        info["cache_hit"] = True
-        log.info("%s model from cache %s", kind, path)
-        return model, info
+    # One process trains a given model: others (bench --jobs, other benches) wait, then hit.
+    with _cache_lock(path, use_cache):
+        # every rank takes rank 0's branch (ranks must enter the same collectives)
+        if use_cache and distributed.agree(path.is_file()):
+            load_weights(model, path)
+            info: dict[str, Any] = {k: _num(v) for k, v in read_metadata(path).items()}
+            info["cache_hit"] = True
+            log.info("%s model from cache %s", kind, path)
+            return model, info
+        return _train_into_cache(exp, model, kind, key, indices, recipe, path, use_cache)
+
+
+def _cache_lock(path: Path, use: bool):
+    """A file lock next to the cached model (rank 0 only: other ranks follow its decision)."""
+    from contextlib import nullcontext
+
+    if not use or not distributed.is_main():
+        return nullcontext()
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
+def _train_into_cache(
+    exp: Experiment,
+    model: nn.Module,
+    kind: str,
+    key: str,
+    indices: np.ndarray,
+    recipe: TrainConfig,
+    path: Path,
+    use_cache: bool,
+) -> tuple[nn.Module, dict[str, Any]]:
     reseed(exp, exp.cfg.seed)
     data = IndexedDataset(exp.bundle.train, indices)
     loader = exp.task.loader(data, recipe.batch_size, True, exp.cfg.seed)
@@ -349,6 +379,9 @@ def evaluate(exp: Experiment, model: nn.Module) -> dict[str, Any]:
 @contextmanager
 def run_log(out: Path):
     """Copy the library's log records into ``out/log.txt`` for the duration of a run."""
+    if not distributed.is_main():  # under torchrun only rank 0 writes the run folder
+        yield
+        return
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

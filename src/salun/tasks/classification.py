@@ -35,10 +35,25 @@ class WithPositions(Dataset):
 def position_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False
 ) -> DataLoader:
-    """A loader of ``(x, y, position)`` batches, shuffled by a generator seeded with ``seed``."""
+    """A loader of ``(x, y, position)`` batches, shuffled by a generator seeded with ``seed``.
+
+    Under torch.distributed a shuffled loader is sharded: each rank draws its part of every
+    global batch of ``batch_size`` through a DistributedSampler seeded by (seed, epoch).
+    """
+    from salun import distributed
+
     g = torch.Generator().manual_seed(seed)
+    data = dataset if isinstance(dataset, WithPositions) else WithPositions(dataset)
+    if shuffle and distributed.is_dist():
+        return DataLoader(
+            data,
+            batch_size=distributed.per_rank_batch(batch_size),
+            sampler=distributed.EpochSampler(data, shuffle=True, seed=seed),
+            generator=g,  # keeps the global RNG untouched when a pass starts, as below
+            drop_last=drop_last,
+        )
     return DataLoader(
-        dataset if isinstance(dataset, WithPositions) else WithPositions(dataset),
+        data,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=g if shuffle else None,
