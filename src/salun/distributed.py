@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,12 @@ def _comm_device() -> torch.device:
 
 
 @torch.no_grad()
-def broadcast_state(model: nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every rank (no shared file system needed)."""
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) everywhere, as DDP's next forward would."""
     if not is_dist():
         return
     dev = _comm_device()
-    for t in model.state_dict().values():
+    for t in model.buffers():
         buf = t.detach().to(dev)
         dist.broadcast(buf, 0)
         if buf is not t:
@@ -134,6 +134,36 @@ def wrap_ddp(model: nn.Module) -> nn.Module:
     dev = params[0].device if params else torch.device("cpu")
     ids = [dev.index] if dev.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Each rank's part of the global batches one process would draw, in the same order.
+
+    The order comes from ``sampler`` (the RandomSampler of a single-process loader, on the same
+    generator), cut into global batches of ``batch_size``; rank r takes positions r, r + W, ...
+    of each. So the union over ranks of step k's batches is exactly step k's single-process
+    batch, DDP's mean of the per-rank mean gradients is that batch's mean gradient (equal
+    shares), and resuming needs only the generator's state. A global batch smaller than the
+    world size is shared round-robin (some samples then count twice in that step).
+    """
+
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool = False) -> None:
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+
+    def __iter__(self) -> Iterator[list[int]]:
+        r, w = rank(), world()
+        batch: list[int] = []
+        for i in self.sampler:
+            batch.append(int(i))
+            if len(batch) == self.batch_size:
+                yield batch[r::w]
+                batch = []
+        if batch and not self.drop_last:
+            yield batch[r::w] if len(batch) >= w else [batch[r % len(batch)]]
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 
 class EpochSampler(DistributedSampler):

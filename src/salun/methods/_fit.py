@@ -146,6 +146,7 @@ def fit(
         running += float(total)  # one host sync per epoch
         log.debug("%s epoch %d: mean loss %.4f", desc, epoch + 1, running / max(count, 1))
         running, count, total = 0.0, 0, torch.zeros((), device=device)
+    distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, as DDP keeps them
     if ckpt is not None:
         ckpt.finish_resume()
         ckpt.save(checkpoint.Position(args.epochs, 0, 0, step), [], 0.0, 0)

@@ -37,21 +37,18 @@ def position_loader(
 ) -> DataLoader:
     """A loader of ``(x, y, position)`` batches, shuffled by a generator seeded with ``seed``.
 
-    Under torch.distributed a shuffled loader is sharded: each rank draws its part of every
-    global batch of ``batch_size`` through a DistributedSampler seeded by (seed, epoch).
+    Under torch.distributed a shuffled loader is sharded: the ranks draw the single-process
+    order from the same generator and each takes its share of every global batch.
     """
     from salun import distributed
 
     g = torch.Generator().manual_seed(seed)
     data = dataset if isinstance(dataset, WithPositions) else WithPositions(dataset)
     if shuffle and distributed.is_dist():
-        return DataLoader(
-            data,
-            batch_size=distributed.per_rank_batch(batch_size),
-            sampler=distributed.EpochSampler(data, shuffle=True, seed=seed),
-            generator=g,  # keeps the global RNG untouched when a pass starts, as below
-            drop_last=drop_last,
-        )
+        # the single-process order, each rank taking its share of every global batch
+        order = torch.utils.data.RandomSampler(data, generator=g)
+        batches = distributed.GlobalBatchSampler(order, batch_size, drop_last)
+        return DataLoader(data, batch_sampler=batches, generator=g)
     return DataLoader(
         data,
         batch_size=batch_size,
