@@ -299,11 +299,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import yaml
+
     from salun.bench import build_report, run_bench
 
     cfg = _config(args)
+    cluster_args = {}
+    for item in args.cluster_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SalunError(f"--cluster-arg must be KEY=VALUE, got {item!r}")
+        cluster_args[key] = yaml.safe_load(value)
     counts = run_bench(
-        cfg, args.out, cache_dir=args.cache, progress=not args.no_progress, timeout=args.timeout
+        cfg,
+        args.out,
+        cache_dir=args.cache,
+        progress=not args.no_progress,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        executor=args.executor,
+        cluster_args=cluster_args,
     )
     print(
         f"bench {args.out}: {counts['done']} run, {counts['skipped']} already done, "
@@ -413,6 +428,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bench folder (reruns skip finished runs)")
     p.add_argument("--cache", help="model cache shared across benches (default: OUT/cache)")
     p.add_argument("--timeout", type=float, help="seconds allowed per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument(
+        "--executor",
+        default="subprocess",
+        choices=["subprocess", "local", "slurm"],
+        help="subprocess: child processes here; slurm: submitit jobs; local: submitit locally",
+    )
+    p.add_argument(
+        "--cluster-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="submitit parameter, e.g. slurm_partition=gpu, gpus_per_node=1 (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from salun.bench.grid import RunSpec, expand_grid
 from salun.config import Config
+from salun.errors import SalunError
 from salun.io import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,20 @@ def run_bench(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     timeout: float | None = None,
+    jobs: int = 1,
+    executor: str = "subprocess",
+    cluster_args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Execute every unfinished run of the grid; returns counts of done / skipped / failed."""
+    """Execute every unfinished run of the grid; returns counts of done / skipped / failed.
+
+    ``jobs`` runs at a time on ``executor`` (see :mod:`salun.bench.executors`).
+    """
+    from salun.bench.executors import EXECUTORS, run_folders
+
+    if executor not in EXECUTORS:
+        raise SalunError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    if jobs < 1:
+        raise SalunError(f"--jobs must be >= 1, got {jobs}")
     out = Path(out)
     runs = expand_grid(cfg)  # validates the whole grid before anything is written
     cache = str(Path(cache_dir) if cache_dir else out / "cache")
@@ -41,16 +54,23 @@ def run_bench(
     write_text(out / "bench.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_json(out / "grid.json", [r.name for r in runs])
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    bar = tqdm(runs, desc="bench", disable=not progress, unit="run")
-    for spec in bar:
-        bar.set_postfix_str(spec.name)
+    todo = []
+    for spec in runs:
         folder = out / spec.name
         if (folder / "metrics.json").is_file():
             counts["skipped"] += 1
             continue
         _prepare_run(spec, folder, cache)
-        ok = _execute(folder, timeout)
+        todo.append(folder)
+    bar = tqdm(total=len(todo), desc="bench", disable=not progress, unit="run")
+
+    def done(folder: Path, ok: bool) -> None:
         counts["done" if ok else "failed"] += 1
+        bar.set_postfix_str(folder.relative_to(out).as_posix())
+        bar.update()
+
+    run_folders(todo, _execute, jobs, executor, timeout, cluster_args, out, done)
+    bar.close()
     log.info("bench %s: %s", out, counts)
     return counts
 

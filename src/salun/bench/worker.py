@@ -90,8 +90,13 @@ def execute(folder: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     folder = Path(args[0])
+    from salun import runtime
+
     try:
-        execute(folder)
+        # resumable: a killed or preempted run continues from its checkpoints
+        with runtime.session(folder, resume=True):
+            runtime.configure(load_config(str(folder / "config.yaml")))
+            execute(folder)
     except SalunError as e:
         write_json(folder / "error.json", {"error": str(e)})
         return 2
