@@ -34,6 +34,7 @@ def _trained(out: Path) -> list[str]:
     return sorted(line.split()[2] for line in log.splitlines() if " trained " in line)
 
 
+@pytest.mark.slow  # 8 worker processes: ~1 min on an idle 2-core machine, minutes under load
 def test_jobs_2_gives_the_jobs_1_report(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["bench", *SMOKE, "--out", str(one), "--no-progress"]) == 0
@@ -53,6 +54,7 @@ def test_bad_executor_settings_fail_in_one_line(tmp_path, capsys):
     assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 3 submitit jobs, each a fresh interpreter
 def test_submitit_local_backend_runs_a_grid(tmp_path):
     pytest.importorskip("submitit")
     out = tmp_path / "sub"

@@ -509,9 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("salun").setLevel(logging.WARNING)
     folder = out if args.command in ("train", "mask", "unlearn") else None
     try:
-        with contextlib.redirect_stdout(sys.stdout if main_rank else open(os.devnull, "w")):
-            with runtime.session(folder, resume=getattr(args, "resume", False)):
-                return func(args)
+        quiet = sys.stdout if main_rank else open(os.devnull, "w")  # noqa: SIM115
+        resume = getattr(args, "resume", False)
+        with contextlib.redirect_stdout(quiet), runtime.session(folder, resume=resume):
+            return func(args)
     except SalunError as e:
         if fresh and out is not None and main_rank:
             shutil.rmtree(out, ignore_errors=True)
