@@ -23,8 +23,7 @@ def test_torchrun_mask_matches_single_process(tmp_path):
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29517",
+        "--standalone",  # rendezvous on a free port
         str(WORKER),
         str(out),
     ]

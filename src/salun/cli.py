@@ -8,10 +8,12 @@ removed again when it fails, so no partial results are left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -43,9 +45,13 @@ def _config(args: argparse.Namespace):
         preset = "demo-ddpm"  # the DDPM defaults: digits 16x16, small UNet, class erasure
     if task is not None:
         overrides.insert(0, f"task={task}")
-    if getattr(args, "no_progress", False):
-        overrides.append("progress=false")
-    return load_config(preset, overrides)
+    from salun import distributed, runtime
+
+    if getattr(args, "no_progress", False) or not distributed.is_main():
+        overrides.append("progress=false")  # under torchrun only rank 0 shows progress
+    cfg = load_config(preset, overrides)
+    runtime.configure(cfg)  # precision, compile, determinism, checkpoint_every for the loops
+    return cfg
 
 
 def _print_metrics(title: str, m: dict[str, Any]) -> None:
@@ -329,11 +335,26 @@ def _save_samples(out: Path, images, labels, w: float, args: argparse.Namespace)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import yaml
+
     from salun.bench import build_report, run_bench
 
     cfg = _config(args)
+    cluster_args = {}
+    for item in args.cluster_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SalunError(f"--cluster-arg must be KEY=VALUE, got {item!r}")
+        cluster_args[key] = yaml.safe_load(value)
     counts = run_bench(
-        cfg, args.out, cache_dir=args.cache, progress=not args.no_progress, timeout=args.timeout
+        cfg,
+        args.out,
+        cache_dir=args.cache,
+        progress=not args.no_progress,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        executor=args.executor,
+        cluster_args=cluster_args,
     )
     print(
         f"bench {args.out}: {counts['done']} run, {counts['skipped']} already done, "
@@ -418,6 +439,9 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         p.add_argument(
             "--overwrite", action="store_true", help="replace a non-empty --out (atomically)"
         )
+        p.add_argument(
+            "--resume", action="store_true", help="continue a killed run from its checkpoints"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -470,6 +494,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bench folder (reruns skip finished runs)")
     p.add_argument("--cache", help="model cache shared across benches (default: OUT/cache)")
     p.add_argument("--timeout", type=float, help="seconds allowed per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument(
+        "--executor",
+        default="subprocess",
+        choices=["subprocess", "local", "slurm"],
+        help="subprocess: child processes here; slurm: submitit jobs; local: submitit locally",
+    )
+    p.add_argument(
+        "--cluster-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="submitit parameter, e.g. slurm_partition=gpu, gpus_per_node=1 (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
 
@@ -533,17 +570,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (they are resumable), and so are folders of crashed runs (their log helps).
     fresh = out is not None and args.command not in ("bench", "tune") and not Path(out).exists()
     func: Callable[[argparse.Namespace], int] = args.func
+    from salun import distributed
+
+    # under torchrun: one process group; rank 0 prints and writes, the others compute
+    started = distributed.init_from_env()
+    main_rank = distributed.is_main()
+    if not main_rank:
+        logging.getLogger("salun").setLevel(logging.WARNING)
+    folder = out if args.command in ("train", "mask", "unlearn") else None
     try:
-        return _run(func, args, out, fresh)
+        return _run(func, args, out, fresh, folder, main_rank)
     finally:
         logging.getLogger().removeHandler(handler)  # main() may run many times in one process
+        if started:
+            distributed.shutdown()
 
 
-def _run(func: Callable[[argparse.Namespace], int], args, out: str | None, fresh: bool) -> int:
+def _run(
+    func: Callable[[argparse.Namespace], int],
+    args,
+    out: str | None,
+    fresh: bool,
+    folder: str | None,
+    main_rank: bool,
+) -> int:
+    from salun import runtime
+
     try:
-        return func(args)
+        quiet = sys.stdout if main_rank else open(os.devnull, "w")  # noqa: SIM115
+        resume = getattr(args, "resume", False)
+        with contextlib.redirect_stdout(quiet), runtime.session(folder, resume=resume):
+            return func(args)
     except KeyboardInterrupt:
-        if fresh and out:
+        if fresh and out and main_rank:
             shutil.rmtree(out, ignore_errors=True)
         print("salun: interrupted; no result was written for this command", file=sys.stderr)
         return 130
@@ -551,7 +610,7 @@ def _run(func: Callable[[argparse.Namespace], int], args, out: str | None, fresh
         line = _one_line(e)
         if line is None:
             raise  # a bug, not bad input: keep the traceback
-        if fresh and out:
+        if fresh and out and main_rank:
             shutil.rmtree(out, ignore_errors=True)
         print(f"salun: error: {line}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ SCENARIOS = ("random", "class")
 TASKS = ("classification", "ddpm")
 SCHEDULES = ("constant", "step", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -131,6 +132,16 @@ class BenchConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How every training/unlearning loop runs (not what it computes): see salun.runtime."""
+
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler)
+    compile: bool = False  # torch.compile the model for the loop
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True)
+    checkpoint_every: int = 0  # steps between checkpoints in the run folder (0: end of loop)
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"
@@ -147,6 +158,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     bench: BenchConfig | None = None
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     @property
     def retrain_recipe(self) -> TrainConfig:
@@ -186,6 +198,7 @@ _NESTED = {
     "eval": EvalConfig,
     "diffusion": DiffusionConfig,
     "bench": BenchConfig,
+    "runtime": RuntimeConfig,
 }
 
 
@@ -331,6 +344,10 @@ def validate(cfg: Config) -> Config:
     if not 0 < cfg.mask.ratio <= 1:
         raise SalunError(f"mask.ratio must be in (0, 1], got {cfg.mask.ratio!r}")
     _check_recipe(cfg.train, "train")
+    _check_choice("runtime.precision", cfg.runtime.precision, PRECISIONS)
+    ce = cfg.runtime.checkpoint_every
+    if not isinstance(ce, int) or isinstance(ce, bool) or ce < 0:
+        raise SalunError(f"runtime.checkpoint_every must be an integer >= 0, got {ce!r}")
     _check_recipe(cfg.retrain_recipe, "retrain")
     if cfg.task == "ddpm":
         _check_diffusion(cfg)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from salun import distributed, runtime
 from salun.audit import write_audit
 from salun.config import Config, TrainConfig, save_config
 from salun.data import DatasetBundle, IndexedDataset, Split, load_dataset, make_split
@@ -169,6 +170,7 @@ def prepare(cfg: Config, split_path: str | Path | None = None) -> Experiment:
             progress=cfg.progress,
             channels_last=cfg.model.channels_last,
         )
+    runtime.bind_task(task)
     return Experiment(cfg, bundle, split, task)
 
 
@@ -253,8 +255,14 @@ def train_model(
 
 
 def cache_lock(path: Path):
-    """An inter-process lock (filelock) next to a cache entry ``path``."""
+    """An inter-process lock (filelock) next to a cache entry ``path``; rank 0 only under
+    torchrun (the other ranks follow its decision, see :func:`_train`)."""
+    from contextlib import nullcontext
+
     from filelock import FileLock
+
+    if not distributed.is_main():
+        return nullcontext()
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +281,8 @@ def _train(
 ) -> tuple[nn.Module, dict[str, Any]]:
     init_seed = exp.cfg.seed + (RETRAIN_PRIME_OFFSET if kind == "retrain_prime" else 0)
     model = exp.new_model(init_seed)
-    if path is not None and path.is_file():
+    # every rank takes rank 0's branch (ranks must enter the same collectives)
+    if path is not None and distributed.agree(path.is_file()):
         load_weights(model, path)
         info: dict[str, Any] = {k: _num(v) for k, v in read_metadata(path).items()}
         info["cache_hit"] = True
@@ -485,6 +494,9 @@ def evaluate(exp: Experiment, model: nn.Module) -> dict[str, Any]:
 @contextmanager
 def run_log(out: Path):
     """Copy the library's log records into ``out/log.txt`` for the duration of a run."""
+    if not distributed.is_main():  # under torchrun only rank 0 writes the run folder
+        yield
+        return
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

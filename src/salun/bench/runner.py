@@ -89,13 +89,23 @@ def run_bench(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     timeout: float | None = None,
+    jobs: int = 1,
+    executor: str = "subprocess",
+    cluster_args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Execute every unfinished run of the grid; returns counts of done / skipped / failed.
 
-    Runs whose metrics.json is missing, corrupt or stale (made under another config) run.
+    Runs whose metrics.json is missing, corrupt or stale (made under another config) run,
+    ``jobs`` at a time on ``executor`` (see :mod:`salun.bench.executors`).
     """
+    from salun.bench.executors import EXECUTORS, run_folders
+
     if not str(out).strip():
         raise SalunError("--out is empty; give the path of a bench folder")
+    if executor not in EXECUTORS:
+        raise SalunError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    if jobs < 1:
+        raise SalunError(f"--jobs must be >= 1, got {jobs}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SalunError(f"--out {str(out)!r} is a file, not a folder; give a folder path")
@@ -111,9 +121,8 @@ def run_bench(
         write_text(out / "bench.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         write_json(out / "grid.json", [r.name for r in runs])
         counts = {"done": 0, "skipped": 0, "failed": 0}
-        bar = tqdm(runs, desc="bench", disable=not progress, unit="run")
-        for spec in bar:
-            bar.set_postfix_str(spec.name)
+        todo = []
+        for spec in runs:
             folder = out / spec.name
             want = fingerprint(spec)
             with _run_lock(folder):  # waits for a worker of an earlier bench still finishing
@@ -126,8 +135,16 @@ def run_bench(
                 old.rename(folder / f"metrics.{state}-{sha256_bytes(old.read_bytes())[:12]}.json")
                 log.info("%s: metrics.json is %s; running it again", spec.name, state)
             _prepare_run(spec, folder, cache, want)
-            ok = _execute(folder, timeout)
+            todo.append(folder)
+        bar = tqdm(total=len(todo), desc="bench", disable=not progress, unit="run")
+
+        def done(folder: Path, ok: bool) -> None:
             counts["done" if ok else "failed"] += 1
+            bar.set_postfix_str(folder.relative_to(out).as_posix())
+            bar.update()
+
+        run_folders(todo, _execute, jobs, executor, timeout, cluster_args, out, done)
+        bar.close()
     log.info("bench %s: %s", out, counts)
     return counts
 

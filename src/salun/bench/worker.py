@@ -130,9 +130,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     folder = Path(args[0])
+    from salun import runtime
+
     _die_with_parent()
     try:
-        with FileLock(str(folder / ".run.lock")):
+        # resumable: a killed or preempted run continues from its checkpoints
+        with FileLock(str(folder / ".run.lock")), runtime.session(folder, resume=True):
+            runtime.configure(load_config(str(folder / "config.yaml")))
             execute(folder)
     except SalunError as e:
         write_json(folder / "error.json", {"error": str(e)})

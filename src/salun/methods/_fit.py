@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from salun import checkpoint, distributed, runtime
 from salun.config import OPTIMIZERS, SCHEDULES
 from salun.errors import SalunError, unknown_choice
 from salun.saliency import MaskGuard, SaliencyMask
@@ -89,6 +90,8 @@ def fit(
 ) -> nn.Module:
     """Run ``args.epochs`` epochs; ``phases(epoch)`` gives that epoch's (loader, loss) list.
 
+    How it runs comes from ``salun.runtime`` (precision, compile, checkpoints) and
+    ``salun.distributed`` (DDP when torch.distributed is on); what it computes does not.
     Under :func:`salun.methods._calibrate.monitoring`, the monitor scores the model after every
     epoch and the best epoch's weights are restored at the end.
     """
@@ -99,40 +102,88 @@ def fit(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, args)
-    guard = MaskGuard(model, mask, opt)
-    step = 0
-    for epoch in range(args.epochs):
+    guard = MaskGuard(model, mask, opt)  # on every rank: the masked update is rank-local
+    rt = runtime.current()
+    device = params[0].device if params else torch.device("cpu")
+    net = distributed.wrap_ddp(model)  # loss functions get ``net``; DDP all-reduces gradients
+    if rt.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    scaler = rt.scaler(device)  # a no-op unless precision is fp16
+    ckpt = checkpoint.for_fit(desc, args, model, opt, scaler, mask)
+    resumed = ckpt.load() if ckpt is not None else None
+    pos, running, count = resumed if resumed else (checkpoint.Position(), 0.0, 0)
+    step, total = pos.step, torch.zeros((), device=device)  # the loss stays on the device
+    progress = progress and distributed.is_main()
+    for epoch in range(pos.epoch, args.epochs):
         for group in opt.param_groups:
             group["lr"] = lr_at(args, epoch)
-        running, count = 0.0, 0
-        for loader, loss_fn in phases(epoch):
+        plist = phases(epoch)
+        resuming = resumed is not None and epoch == pos.epoch
+        if resuming and ckpt is not None:
+            ckpt.restore_loaders(plist)
+        for i, (loader, loss_fn) in enumerate(plist):
+            if resuming and i < pos.phase:
+                continue
+            skip = pos.batch if resuming and i == pos.phase else 0
+            batches = ckpt.iterate(loader, epoch, i, skip) if ckpt else _iterate(loader, epoch)
             bar = tqdm(
-                loader, desc=f"{desc} {epoch + 1}/{args.epochs}", disable=not progress, leave=False
+                batches,
+                desc=f"{desc} {epoch + 1}/{args.epochs}",
+                disable=not progress,
+                leave=False,
+                total=_len(loader, skip),
             )
-            for batch in bar:
-                loss = loss_fn(model, batch)
+            for b, batch in enumerate(bar, start=skip + 1):
+                with rt.autocast(device):
+                    loss = loss_fn(net, batch)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)  # true gradients for the mask and clipping
                 guard.before_step()
                 if args.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 guard.after_step()
                 step += 1
                 if after_step is not None:
                     after_step(step)
-                running += float(loss.detach())
+                total += loss.detach().float()
                 count += 1
+                if ckpt is not None and ckpt.due(step):
+                    here = checkpoint.Position(epoch, i, b, step)
+                    ckpt.save(here, plist, running + float(total), count)
+            resuming = False
+        running += float(total)  # one host sync per epoch
         log.debug("%s epoch %d: mean loss %.4f", desc, epoch + 1, running / max(count, 1))
+        running, count, total = 0.0, 0, torch.zeros((), device=device)
         if monitor is not None:
             monitor.epoch_end(model, epoch + 1)
     if monitor is not None:
         monitor.finish(model)
+    distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, as DDP keeps them
+    if ckpt is not None:
+        ckpt.finish_resume()
+        ckpt.save(checkpoint.Position(args.epochs, 0, 0, step), [], 0.0, 0)
+    distributed.check_in_sync(model, desc)
     model.eval()
     return model
 
 
+def _iterate(loader: Iterable, epoch: int) -> Iterable:
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)  # DistributedSampler: a fresh order per epoch, same on all ranks
+    return loader
+
+
+def _len(loader: Iterable, skip: int) -> int | None:
+    try:
+        return len(loader) - skip  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def cycle(loader: Iterable) -> Iterable:
-    """Endless iteration over a loader (re-shuffling each pass)."""
-    while True:
-        yield from loader
+    """Endless iteration over a loader (re-shuffling each pass), resumable from a checkpoint."""
+    return checkpoint.Cycle(loader)

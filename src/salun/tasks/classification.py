@@ -35,10 +35,22 @@ class WithPositions(Dataset):
 def position_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False
 ) -> DataLoader:
-    """A loader of ``(x, y, position)`` batches, shuffled by a generator seeded with ``seed``."""
+    """A loader of ``(x, y, position)`` batches, shuffled by a generator seeded with ``seed``.
+
+    Under torch.distributed a shuffled loader is sharded: the ranks draw the single-process
+    order from the same generator and each takes its share of every global batch.
+    """
+    from salun import distributed
+
     g = torch.Generator().manual_seed(seed)
+    data = dataset if isinstance(dataset, WithPositions) else WithPositions(dataset)
+    if shuffle and distributed.is_dist():
+        # the single-process order, each rank taking its share of every global batch
+        order = torch.utils.data.RandomSampler(data, generator=g)
+        batches = distributed.GlobalBatchSampler(order, batch_size, drop_last)
+        return DataLoader(data, batch_sampler=batches, generator=g)
     return DataLoader(
-        dataset if isinstance(dataset, WithPositions) else WithPositions(dataset),
+        data,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=g if shuffle else None,
