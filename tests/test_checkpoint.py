@@ -30,9 +30,14 @@ ARGS = [
 ]
 
 
+def _ckpt(folder: Path) -> Path:
+    """Where a run's checkpoints live: beside the run folder, which is staged and renamed."""
+    return folder.parent / f".{folder.name}.checkpoints"
+
+
 def _step(folder: Path) -> int:
     """Step of the unlearning loop's checkpoint in ``folder`` (0 while there is none)."""
-    for p in (folder / "checkpoints").glob("SalUn-*.safetensors"):
+    for p in _ckpt(folder).glob("SalUn-*.safetensors"):
         try:
             return json.loads(read_metadata(p)["salun"])["position"]["step"]
         except Exception:  # replaced while reading: try again on the next poll
@@ -44,7 +49,7 @@ def test_sigkill_at_random_step_then_resume_is_bit_identical(tmp_path):
     cache = f"cache_dir={tmp_path / 'cache'}"
     full = tmp_path / "full"
     assert main(["unlearn", *ARGS, cache, "--out", str(full)]) == 0  # also caches the original
-    assert not (full / "checkpoints").exists()  # removed once the run is complete
+    assert not _ckpt(full).exists()  # removed once the run is complete
 
     # 540 retain + 60 forget images, batch 8: 75 steps an epoch, 225 in all
     kill_at = random.Random().randint(2, 200)
@@ -110,7 +115,7 @@ def test_resume_in_process_every_loop_shape(tmp_path, method, caplog):
 
     full = run(None, resume=False)
     assert run(7, resume=False) is None
-    assert any((tmp_path / "run" / "checkpoints").glob("*.safetensors"))
+    assert any(_ckpt(tmp_path / "run").glob("*.safetensors"))
     caplog.set_level("INFO", logger="salun.checkpoint")
     resumed = run(None, resume=True)
     assert "at step 6 " in caplog.text  # the step before the crash was the last checkpoint

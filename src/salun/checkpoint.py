@@ -106,6 +106,24 @@ def claim_cycles() -> list[Cycle]:
     return out
 
 
+_NEW_GENERATORS: list[torch.Generator] = []
+
+
+def method_generator(seed: int) -> torch.Generator:
+    """A seeded generator a method draws from inside its loss (e.g. fresh random labels per
+    batch); the next ``fit`` claims it, so its state is part of that loop's checkpoint."""
+    g = torch.Generator().manual_seed(seed)
+    _NEW_GENERATORS.append(g)
+    return g
+
+
+def claim_generators() -> list[torch.Generator]:
+    """The method generators made since the last call (those of the loop about to start)."""
+    out = list(_NEW_GENERATORS)
+    _NEW_GENERATORS.clear()
+    return out
+
+
 def _loader_gen_state(loader: Any) -> torch.Tensor | None:
     g = getattr(loader, "generator", None)
     return g.get_state() if isinstance(g, torch.Generator) else None
@@ -136,6 +154,7 @@ class Checkpointer:
         self.path, self.every, self.resume = path, every, resume
         self.model, self.opt, self.scaler, self.mask, self.task = model, opt, scaler, mask, task
         self.cycles = claim_cycles()
+        self.generators = claim_generators()
         self.pass_start: dict[int, torch.Tensor | None] = {}  # phase -> generator at its iter
         self.active_phase: int | None = None
         self._pending_rng: dict[str, Any] | None = None
@@ -185,6 +204,8 @@ class Checkpointer:
                 tensors[f"mask.{k}"] = m.to(torch.bool)
         rng, rng_tensors = _rng_state(self.task)
         tensors.update(rng_tensors)
+        for i, g in enumerate(self.generators):
+            tensors[f"rng.method.{i}"] = g.get_state()
         loaders = []
         for i, (loader, _) in enumerate(phases):
             if i == self.active_phase and i in self.pass_start:
@@ -261,6 +282,10 @@ class Checkpointer:
 
     def _restore_rng(self) -> None:
         _set_rng_state(self._pending_rng or {}, self._pending_tensors, self.task)
+        for i, g in enumerate(self.generators):
+            state = self._pending_tensors.get(f"rng.method.{i}")
+            if state is not None:
+                g.set_state(state)
         self._pending_rng = None
 
 
@@ -315,6 +340,7 @@ def for_fit(desc: str, args: Any, model: nn.Module, opt, scaler, mask) -> Checkp
     folder = rt.checkpoint_dir
     if folder is None:
         claim_cycles()
+        claim_generators()
         return None
     key = hash_obj({"desc": desc, "args": _args_key(args), "weights": hash_state(model)})[:16]
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in desc)

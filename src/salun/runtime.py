@@ -21,7 +21,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_SUFFIX = ".checkpoints"  # a hidden sibling of the run folder: .NAME.checkpoints
 
 
 @dataclass
@@ -36,7 +36,12 @@ class Runtime:
 
     @property
     def checkpoint_dir(self) -> Path | None:
-        return None if self.folder is None else self.folder / CHECKPOINT_DIR
+        # Beside the run folder, not in it: a run folder appears complete or not at all (it is
+        # built in a staged sibling), while checkpoints must outlive a killed process.
+        if self.folder is None:
+            return None
+        folder = Path(os.path.abspath(self.folder))
+        return folder.parent / f".{folder.name}{CHECKPOINT_SUFFIX}"
 
     def autocast(self, device: torch.device):
         """bf16/fp16 autocast for the forward pass and loss (fp32: a no-op context)."""

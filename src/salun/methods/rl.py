@@ -68,7 +68,9 @@ def fresh_label_loss(task, seed: int, exclude_true: bool):
     advances with every batch, so labels differ between batches and epochs and the same seed
     reproduces them.
     """
-    g = torch.Generator().manual_seed(seed + 7919)
+    from salun.checkpoint import method_generator
+
+    g = method_generator(seed + 7919)  # checkpointed with the loop, so a resume draws the same
 
     def loss(model, batch):
         labels = task.relabel(torch.as_tensor(batch[1]), g, exclude_true)
