@@ -352,7 +352,7 @@ def test_unknown_name_suggests_close_match() -> None:
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn"])
 def test_data_dir_required(name: str) -> None:
-    with pytest.raises(SalunError, match="--data-dir"):
+    with pytest.raises(SalunError, match="needs data.data_dir=FOLDER"):
         load_dataset(name)
 
 
