@@ -173,8 +173,13 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
     result. An existing ``out`` (the caller checked ``--overwrite``) is replaced at the end, so
     no file of the old run (a stale mask) survives beside the new model.
     """
+    from salun.distributed import is_main
     from salun.errors import SalunError
 
+    if not is_main():  # under torchrun only rank 0 writes the run folder; the others scratch
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch)
+        return
     out = Path(os.path.abspath(out))
     _make_parent(out)
     try:

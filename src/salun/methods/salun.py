@@ -51,6 +51,9 @@ class SalUn(Optim):
     alpha: float | None = None  # retain weight (paper form); None: the task's (1, DDPM 1e-3)
     mask_ratio: float = 0.5  # used only when no mask is passed (Python API)
     calibrate: bool = True  # Retrain-free lr and epoch choice when a validation split exists
+    # lr multipliers tried by the calibration; reaching down to 0.1 x lr keeps large random
+    # forget sets (50 %) from being wrecked (first matrix run: every lr of (0.5, 1, 2) did)
+    lr_grid: tuple[float, ...] = (0.1, 0.3, 1.0)
     uses_mask: ClassVar[bool] = True
     requires_mask: ClassVar[bool] = True
 
