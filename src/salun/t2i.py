@@ -44,7 +44,9 @@ SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 def _check_folder(folder: Path) -> None:
     """Refuse a folder that is not a complete safetensors SD pipeline, naming what is wrong."""
     if not (folder / "model_index.json").is_file():
-        raise SalunError(f"{str(folder)!r} is not a diffusers pipeline folder (no model_index.json)")
+        raise SalunError(
+            f"{str(folder)!r} is not a diffusers pipeline folder (no model_index.json)"
+        )
     for part in PARTS:
         if not (folder / part).is_dir():
             raise SalunError(f"pipeline {str(folder)!r} has no {part}/ folder")
@@ -86,8 +88,13 @@ def load_pipeline(source: str | Path, device: str | torch.device = "cpu"):
     return pipe.to(torch.device(device))
 
 
-def save_pipeline(pipe, folder: str | Path, unet: nn.Module | None = None, mask=None,
-                  meta: dict[str, Any] | None = None) -> Path:
+def save_pipeline(
+    pipe,
+    folder: str | Path,
+    unet: nn.Module | None = None,
+    mask=None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
     """Write a diffusers folder (safetensors) with ``unet`` in place of the pipeline's UNet.
 
     ``mask`` (a :class:`~salun.saliency.SaliencyMask`) goes to ``mask.safetensors`` and ``meta``
@@ -225,8 +232,10 @@ def tiny_pipeline(
     text_encoder = CLIPTextModel(text_cfg).eval()
     factor = 2 ** (len(vae_widths) - 1)
     if image_size % (factor * 2 ** (len(widths) - 1)):
-        raise SalunError(f"image size {image_size} does not fit {len(vae_widths)} VAE and "
-                         f"{len(widths)} UNet levels")
+        raise SalunError(
+            f"image size {image_size} does not fit {len(vae_widths)} VAE and "
+            f"{len(widths)} UNet levels"
+        )
     vae = AutoencoderKL(
         in_channels=channels,
         out_channels=channels,
@@ -355,10 +364,7 @@ def decode_latents(pipe, latents: torch.Tensor, batch_size: int = 64) -> torch.T
     vae = pipe.vae
     scale = float(vae.config.scaling_factor)
     device = next(vae.parameters()).device
-    out = [
-        vae.decode(z.to(device) / scale).sample.float().cpu()
-        for z in latents.split(batch_size)
-    ]
+    out = [vae.decode(z.to(device) / scale).sample.float().cpu() for z in latents.split(batch_size)]
     return ((torch.cat(out) + 1) / 2).clamp(0, 1) if out else torch.zeros(0)
 
 

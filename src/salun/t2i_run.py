@@ -65,14 +65,18 @@ def check_config(cfg: Config) -> None:
     if not 0 <= t.p_uncond < 1:
         raise SalunError(f"text_to_image.p_uncond must be in [0, 1), got {t.p_uncond!r}")
     if cfg.bench is not None or cfg.eval.ulira or cfg.eval.epsilon:
-        raise SalunError("bench, eval.ulira and eval.epsilon are for classifiers; not text_to_image")
+        raise SalunError(
+            "bench, eval.ulira and eval.epsilon are for classifiers; not text_to_image"
+        )
 
 
 def class_index(classes: list[str], forget_class: int | str | None) -> int:
     if isinstance(forget_class, int) and not isinstance(forget_class, bool):
         if 0 <= forget_class < len(classes):
             return forget_class
-        raise SalunError(f"forget_class {forget_class} out of range; allowed: 0..{len(classes) - 1}")
+        raise SalunError(
+            f"forget_class {forget_class} out of range; allowed: 0..{len(classes) - 1}"
+        )
     if forget_class in classes:
         return classes.index(str(forget_class))
     raise unknown_choice("text_to_image.forget_class", forget_class, classes)
@@ -196,13 +200,18 @@ def prepare_t2i(cfg: Config, pipeline: str | Path | None = None, pipe=None) -> T
             log.info("forget/retain latents from cache %s", path)
         else:
             start = time.perf_counter()
-            gen = dict(guidance=t.guidance, steps=t.steps, batch_size=t.generate_batch_size,
-                       progress=cfg.progress)
+            gen = dict(
+                guidance=t.guidance,
+                steps=t.steps,
+                batch_size=t.generate_batch_size,
+                progress=cfg.progress,
+            )
             zf = generate_latents(pipe, pipe.unet, emb, f_labels, seed=cfg.seed, **gen)
             zr = generate_latents(pipe, pipe.unet, emb, r_labels, seed=cfg.seed + 1, **gen)
             save_tensors(path, {"forget": zf.contiguous(), "retain": zr.contiguous()})
-            log.info("generated %d + %d latents in %.1fs", len(zf), len(zr),
-                     time.perf_counter() - start)
+            log.info(
+                "generated %d + %d latents in %.1fs", len(zf), len(zr), time.perf_counter() - start
+            )
         forget, retain = LatentSet(zf, f_labels), LatentSet(zr, r_labels)
     data_hash = hash_obj([prompts, hash_obj(forget.latents.numpy().round(4).tolist()[:64])])[:20]
     return T2IExperiment(cfg, pipe, task, forget, retain, data_hash, f_rows)
@@ -216,8 +225,11 @@ def mask_for(exp: T2IExperiment, unet: nn.Module) -> SaliencyMask:
 
 
 def unlearn_t2i(
-    exp: T2IExperiment, method_name: str, params: dict[str, Any] | None = None,
-    mask: SaliencyMask | bool | None = None, unet: nn.Module | None = None,
+    exp: T2IExperiment,
+    method_name: str,
+    params: dict[str, Any] | None = None,
+    mask: SaliencyMask | bool | None = None,
+    unet: nn.Module | None = None,
 ) -> tuple[nn.Module, dict[str, Any], SaliencyMask | None]:
     """Unlearn a copy of the UNet (or ``unet`` in place); returns (unet, info, mask used)."""
     check_task(method_name, "text_to_image")
@@ -246,8 +258,13 @@ def unlearn_t2i(
 # -- evaluation --------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_prompts(
-    exp: T2IExperiment, unet: nn.Module, prompts: list[str], n: int, seed: int | None = None,
-    guidance: float | None = None, steps: int | None = None,
+    exp: T2IExperiment,
+    unet: nn.Module,
+    prompts: list[str],
+    n: int,
+    seed: int | None = None,
+    guidance: float | None = None,
+    steps: int | None = None,
 ) -> torch.Tensor:
     """``n`` images in [0, 1] per prompt (prompt-major order), same noise for every model."""
     from salun.t2i import decode_latents, encode_prompts, generate_latents
@@ -256,8 +273,13 @@ def sample_prompts(
     emb, _ = encode_prompts(exp.pipe, prompts)
     labels = torch.arange(len(prompts)).repeat_interleave(n)
     z = generate_latents(
-        exp.pipe, unet, emb, labels, t.guidance if guidance is None else guidance,
-        t.steps if steps is None else steps, exp.cfg.seed if seed is None else seed,
+        exp.pipe,
+        unet,
+        emb,
+        labels,
+        t.guidance if guidance is None else guidance,
+        t.steps if steps is None else steps,
+        exp.cfg.seed if seed is None else seed,
         t.generate_batch_size,
     )
     return decode_latents(exp.pipe, z)
@@ -302,13 +324,19 @@ def run_unlearn_t2i(
         )
         if used is not None:
             used.save(out / "mask.safetensors")
-        meta = {"format": "salun-t2i-v1", "method": cfg.unlearn.method,
-                "forget_prompts": [exp.task.prompts[r] for r in exp.forget_rows]}
+        meta = {
+            "format": "salun-t2i-v1",
+            "method": cfg.unlearn.method,
+            "forget_prompts": [exp.task.prompts[r] for r in exp.forget_rows],
+        }
         save_pipeline(exp.pipe, out / "model", unet=model, meta=meta)
-        shown = list(dict.fromkeys(
-            [exp.task.prompts[r] for r in exp.forget_rows] + list(t.eval_prompts)
-            + [exp.task.prompts[r] for r in exp.task.retain_ids][:4]
-        ))
+        shown = list(
+            dict.fromkeys(
+                [exp.task.prompts[r] for r in exp.forget_rows]
+                + list(t.eval_prompts)
+                + [exp.task.prompts[r] for r in exp.task.retain_ids][:4]
+            )
+        )
         n = t.eval_samples
         labels = torch.arange(len(shown)).repeat_interleave(n)
         save_grid(sample_prompts(exp, model, shown, n), labels, out / "samples.png", per_row=n)
@@ -325,8 +353,12 @@ def run_unlearn_t2i(
             "versions": versions(),
         }
         if compare:
-            save_grid(sample_prompts(exp, exp.unet, shown, n), labels,
-                      out / "samples_original.png", per_row=n)
+            save_grid(
+                sample_prompts(exp, exp.unet, shown, n),
+                labels,
+                out / "samples_original.png",
+                per_row=n,
+            )
             result["original"] = {
                 "forget_mse": exp.task.mean_loss(exp.unet, exp.forget),
                 "retain_mse": exp.task.mean_loss(exp.unet, exp.retain),

@@ -65,7 +65,9 @@ class FMN(Optim):
 
         require_nonempty(data, retain=False)
         forget_rows = torch.unique(task.labels_of(data.forget))
-        retain_rows = torch.unique(task.labels_of(data.retain)) if len(data.retain) else forget_rows[:0]
+        retain_rows = (
+            torch.unique(task.labels_of(data.retain)) if len(data.retain) else forget_rows[:0]
+        )
         positions = concept_positions(task, forget_rows, retain_rows).to(task.device)
         layers = [m for n, m in model.named_modules() if n.endswith("attn2")]
         if not layers:
