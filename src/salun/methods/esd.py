@@ -29,7 +29,6 @@ from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, cycle, fit
 from salun.registry import METHODS
 
-
 TRAIN = ("full", "xattn", "noxattn")
 
 
