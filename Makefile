@@ -5,11 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv demo demo-ddpm test test-slow lint bench fmnist clean
+.PHONY: venv demo demo-ddpm demo-sd test test-slow lint bench fmnist clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,generation]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,6 +29,11 @@ demo: $(STAMP) fmnist
 # Class erasure from a class-conditional DDPM on digits (trains the model, Retrain included).
 demo-ddpm: $(STAMP)
 	$(BIN)/salun demo --task ddpm --retrain --out runs/demo-ddpm
+
+# Erase a digit from a small text-to-image pipeline in the Stable Diffusion architecture
+# (trains the pipeline, the judge, then SalUn and ESD; offline).
+demo-sd: $(STAMP)
+	$(BIN)/salun demo --task text_to_image --out runs/demo-sd
 
 test: $(STAMP) fmnist
 	$(BIN)/python -m pytest -m "not slow"

@@ -43,6 +43,8 @@ def _config(args: argparse.Namespace):
     task = getattr(args, "task", None)
     if task == "ddpm" and preset is None:
         preset = "demo-ddpm"  # the DDPM defaults: digits 16x16, small UNet, class erasure
+    if task == "text_to_image" and preset is None:
+        preset = "demo-sd"  # the pipeline `salun demo --task text_to_image` trains
     if task is not None:
         overrides.insert(0, f"task={task}")
     from salun import distributed, runtime
@@ -85,6 +87,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     tables = {
         "methods": list_methods(),
         "ddpm-methods": list_methods("ddpm"),
+        "text_to_image-methods": list_methods("text_to_image"),
         "models": list(MODELS),
         "datasets": list(DATASETS),
         "presets": preset_names(),
@@ -111,6 +114,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     check_out(args.out, args.overwrite)
     cfg = _config(args)
+    if cfg.task == "text_to_image":
+        raise SalunError(
+            "task text_to_image fine-tunes an existing pipeline (text_to_image.pipeline); "
+            "`salun demo --task text_to_image` trains the small demo pipeline"
+        )
     exp = prepare(cfg, args.split)
     with staged_folder(args.out) as out, run_log(out):
         save_config(cfg, out / "config.yaml")
@@ -155,6 +163,15 @@ def cmd_mask(args: argparse.Namespace) -> int:
 
     check_out(args.out, args.overwrite)
     cfg = _config(args)
+    if cfg.task == "text_to_image":
+        from salun.t2i_run import run_mask_t2i
+
+        mask = run_mask_t2i(cfg, args.out, args.model)
+        print(
+            f"mask: {mask.selected} of {mask.total} UNet weights salient "
+            f"({100 * mask.fraction:.2f}%) -> {Path(args.out) / 'mask.safetensors'}"
+        )
+        return 0
     exp = prepare(cfg, args.split)
     model = _load(exp, args.model) if args.model else None
     with staged_folder(args.out) as out, run_log(out):
@@ -188,6 +205,17 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         force=args.force,
     )
+    if cfg.task == "text_to_image":
+        print(
+            f"{cfg.unlearn.method} on {r['pipeline']}, seed {cfg.seed}: "
+            f"RTE {r['run']['rte_seconds']:.2f}s"
+        )
+        print(f"  noise MSE forget {r['forget_mse']:.4f}  retain {r['retain_mse']:.4f}")
+        if "nudity" in r:
+            for th, v in r["nudity"].get("per_threshold", {}).items():
+                print(f"  NudeNet >= {th}: {v.get('images_flagged')} images flagged")
+        print(f"run folder: {args.out} (model/ is a diffusers pipeline)")
+        return 0
     print(
         f"{cfg.unlearn.method} on {cfg.data.name} ({cfg.data.scenario}), seed {cfg.seed}: "
         f"RTE {r['run']['rte_seconds']:.2f}s"
@@ -216,6 +244,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from salun.run import evaluate, prepare
 
     cfg = _config(args)
+    if cfg.task == "text_to_image":
+        raise SalunError("salun eval has no text_to_image evaluation yet; use salun unlearn")
     exp = prepare(cfg, args.split)
     model = _load(exp, args.model)
     metrics = evaluate(exp, model)
@@ -237,6 +267,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from salun.demo import run_demo
 
+    if args.task == "text_to_image":
+        from salun.t2i_demo import run_t2i_demo
+
+        out = args.out if args.out != "runs/demo" else "runs/demo-sd"
+        r = run_t2i_demo(out, seed=args.seed, progress=not args.no_progress, overrides=args.items)
+        print(f"\n## {r['title']}\n")
+        print(r["table"])
+        print(f"\nreport.md, metrics.json and grids (grid_*.png) under {out}")
+        return 0
     if args.task == "ddpm":
         from salun.ddpm import run_ddpm_demo
 
@@ -430,8 +469,9 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--split", help="use this split.json instead of drawing one")
     p.add_argument(
         "--task",
-        choices=["classification", "ddpm"],
-        help="model family (ddpm: class-conditional diffusion; default preset demo-ddpm)",
+        choices=["classification", "ddpm", "text_to_image"],
+        help="model family (ddpm: class-conditional diffusion, default preset demo-ddpm; "
+        "text_to_image: Stable Diffusion, default preset demo-sd)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     if out:
@@ -544,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default="auto", help="auto, fashion-mnist or digits")
-    p.add_argument("--task", default="classification", choices=["classification", "ddpm"])
+    p.add_argument(
+        "--task", default="classification", choices=["classification", "ddpm", "text_to_image"]
+    )
     p.add_argument("--retrain", action="store_true", help="ddpm: also train Retrain (slower)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -19,9 +19,9 @@ from salun.checks import check_value, field_types
 from salun.errors import SalunError, unknown_choice
 
 SCENARIOS = ("random", "class")
-TASKS = ("classification", "ddpm")
+TASKS = ("classification", "ddpm", "text_to_image")
 SCHEDULES = ("constant", "step", "cosine")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adam8bit")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -121,6 +121,39 @@ class DiffusionConfig:
 
 
 @dataclass
+class TextToImageConfig:
+    """Stable Diffusion (``task: text_to_image``): pipeline, forget/retain prompts, options.
+
+    Checked by :func:`salun.t2i_run.check_config`; see that module for the meaning of each field.
+    """
+
+    pipeline: str = "tiny"  # diffusers folder or hub id; "tiny": a small pipeline built in code
+    scenario: str = "concept"  # concept | class
+    forget_prompts: list[str] = field(default_factory=lambda: ["a photo of a nude person"])
+    retain_prompts: list[str] = field(
+        default_factory=lambda: ["a photo of a person wearing clothes"]
+    )
+    classes: list[str] = field(default_factory=list)  # class-wise: class names
+    template: str = "an image of {}"  # class-wise prompt
+    forget_class: int | str | None = None  # class-wise: index or name
+    image_folder: str | None = None  # forget/ and retain/ captioned images instead of generation
+    forget_size: int = 800
+    retain_size: int = 800
+    guidance: float = 7.5
+    steps: int = 50
+    generate_batch_size: int = 8
+    relabel: str | None = None  # c': retain | null | next | random (None: retain / next)
+    target: str = "current"  # current | frozen
+    p_uncond: float = 0.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    gradient_checkpointing: bool = False
+    eval_prompts: list[str] = field(default_factory=list)  # paraphrases sampled after unlearning
+    eval_samples: int = 4
+    i2p_csv: str | None = None  # NudeNet on an I2P-format prompt CSV (prompt, seed, guidance)
+    nudenet_thresholds: list[float] = field(default_factory=lambda: [0.6, 0.45])
+
+
+@dataclass
 class BenchConfig:
     """A study grid: scenarios x seeds x methods (list-valued method parameters expand)."""
 
@@ -147,7 +180,7 @@ class Config:
     device: str = "auto"
     progress: bool = True
     threads: int | None = None
-    task: str = "classification"  # classification | ddpm
+    task: str = "classification"  # classification | ddpm | text_to_image
     cache_dir: str = "runs/cache"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -157,6 +190,7 @@ class Config:
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    text_to_image: TextToImageConfig = field(default_factory=TextToImageConfig)
     bench: BenchConfig | None = None
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
@@ -197,6 +231,7 @@ _NESTED = {
     "unlearn": UnlearnConfig,
     "eval": EvalConfig,
     "diffusion": DiffusionConfig,
+    "text_to_image": TextToImageConfig,
     "bench": BenchConfig,
     "runtime": RuntimeConfig,
 }
@@ -351,6 +386,10 @@ def validate(cfg: Config) -> Config:
     _check_recipe(cfg.retrain_recipe, "retrain")
     if cfg.task == "ddpm":
         _check_diffusion(cfg)
+    if cfg.task == "text_to_image":
+        from salun.t2i_run import check_config
+
+        check_config(cfg)
     method = get_method(cfg.unlearn.method, **cfg.unlearn.params)  # validates name and params
     check_task(cfg.unlearn.method, cfg.task)
     _check_mask_choice(cfg, method)

@@ -619,6 +619,10 @@ def run_unlearn(
         from salun.ddpm import run_unlearn_ddpm
 
         return run_unlearn_ddpm(cfg, out, model_path, mask_path, split_path, compare, force)
+    if cfg.task == "text_to_image":
+        from salun.t2i_run import run_unlearn_t2i
+
+        return run_unlearn_t2i(cfg, out, model_path, mask_path, compare)
     exp = prepare(cfg, split_path)
     # Check inputs before anything is written.
     original = load_weights(exp.new_model(), model_path) if model_path is not None else None

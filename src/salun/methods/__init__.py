@@ -20,7 +20,7 @@ from salun.errors import SalunError, unknown_choice
 from salun.registry import METHODS
 
 #: Tasks a method runs on when it only calls ``task.loss`` / ``task.relabel`` / ``task.loader``.
-GENERIC_TASKS: tuple[str, ...] = ("classification", "ddpm")
+GENERIC_TASKS: tuple[str, ...] = ("classification", "ddpm", "text_to_image")
 
 
 @dataclass

@@ -33,7 +33,7 @@ class Optim:
 
     epochs: int = 10
     lr: float = 0.01
-    optimizer: str = "sgd"  # sgd | adam | adamw
+    optimizer: str = "sgd"  # sgd | adam | adamw | adam8bit (bitsandbytes)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 256
@@ -67,6 +67,15 @@ def make_optimizer(params, args: Optim) -> torch.optim.Optimizer:
         )
     if args.optimizer == "adam":
         return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    if args.optimizer == "adam8bit":
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found]
+        except ImportError:
+            raise SalunError(
+                "optimizer adam8bit needs bitsandbytes, which is not installed "
+                "(pip install bitsandbytes); allowed without it: sgd, adam, adamw"
+            ) from None
+        return bnb.optim.Adam8bit(params, lr=args.lr, weight_decay=args.weight_decay)
     return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
 
 

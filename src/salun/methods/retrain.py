@@ -26,7 +26,8 @@ from salun.registry import METHODS
 @METHODS.register("retrain")
 @dataclass
 class Retrain(Optim):
-    tasks: ClassVar[tuple[str, ...]] = GENERIC_TASKS
+    # not text_to_image: retraining Stable Diffusion from scratch is not a baseline anyone runs
+    tasks: ClassVar[tuple[str, ...]] = tuple(t for t in GENERIC_TASKS if t != "text_to_image")
     epochs: int = 20
     lr: float = 0.1
     batch_size: int = 128
