@@ -25,7 +25,8 @@ METRICS = ("UA", "MIA-Efficacy", "RA", "TA")
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "full"
-    assert main(["bench", *SMOKE, "--out", str(out), "--no-progress"]) == 0
+    # two runs at a time: the same report as --jobs 1 (tests/test_bench_parallel.py), half the wait
+    assert main(["bench", *SMOKE, "--jobs", "2", "--out", str(out), "--no-progress"]) == 0
     return out
 
 
@@ -89,6 +90,7 @@ def _wait_for_done(log: Path, count: int, proc, timeout: float = 240) -> None:
     raise AssertionError("bench made no progress")
 
 
+@pytest.mark.slow  # ~3 min on 2 cores; test_bench_faults.py covers a killed bench in the default run
 def test_interrupted_bench_resumes_to_the_same_report(bench_dir, tmp_path):
     out = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "salun", "bench", *SMOKE, "--out", str(out), "--no-progress"]
