@@ -196,3 +196,14 @@ def test_unlearn_with_population_attacks(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["ulira"]["n_shadows"] == 4 and 0 <= m["ulira"]["accuracy"] <= 100
     assert 0 <= m["epsilon"]["forgetting_quality"] <= 1
+
+
+def test_version_and_verbose_after_the_subcommand(capsys):
+    import salun
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"salun {salun.__version__}"
+    assert main(["list", "methods", "-v"]) == 0  # -v after the subcommand is accepted
+    assert "salun" in capsys.readouterr().out.split()

@@ -486,7 +486,12 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="salun", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress to stderr (anywhere on the line)"
+    )
+    from salun import __version__
+
+    parser.add_argument("--version", action="version", version=f"salun {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train the original model (or Retrain) on a split")
@@ -595,7 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # -v works anywhere on the line (before or after the subcommand)
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    args, extra = parser.parse_known_args([a for a in argv if a not in ("-v", "--verbose")])
+    args.verbose = verbose
     # key=value items may come after options (argparse stops collecting positionals there).
     bad = [e for e in extra if e.startswith("-") or not hasattr(args, "items")]
     if bad:
