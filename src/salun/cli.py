@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from salun.errors import SalunError
-from salun.io import check_out, staged_folder
 
 
 def _split_items(items: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -109,7 +108,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from salun.config import save_config
-    from salun.io import write_json
+    from salun.io import check_out, staged_folder, write_json  # lazy: salun --help stays torch-free
     from salun.run import evaluate, prepare, run_log, save_weights, train_model, versions
 
     check_out(args.out, args.overwrite)
@@ -158,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_mask(args: argparse.Namespace) -> int:
     from salun.config import save_config
+    from salun.io import check_out, staged_folder  # lazy: salun --help stays torch-free
     from salun.run import prepare, run_log, train_model
     from salun.saliency import compute_saliency_mask
 
@@ -310,6 +310,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from salun.ddpm import load_ddpm
+    from salun.io import check_out, staged_folder  # lazy: salun --help stays torch-free
     from salun.tasks.ddpm import sample
 
     check_out(args.out, args.overwrite)
