@@ -106,7 +106,7 @@ class NetworkFeatures(ClassifierFeatures):
     Only data is read: the architecture (recorded in the file's metadata) is built in code by
     :func:`salun.models.build_model` and the weights are loaded with safetensors, which cannot
     run code. Executable formats (torch.export ``.pt2``, TorchScript, pickles) are refused:
-    loading them can run arbitrary code (``torch.export.load`` unpickles parts of the archive).
+    loading them can run arbitrary code (the ``torch.export`` loader unpickles parts of the archive).
     """
 
     def __init__(self, path: str | Path, input_size: int = 0, batch_size: int = 64) -> None:
