@@ -92,7 +92,7 @@ class Cycle:
         if info["started"]:
             self._start()
             for _ in range(info["consumed"]):
-                next(self._it)  # type: ignore[arg-type]
+                next(self._it)  # type: ignore[arg-type,call-overload]
             self.consumed = info["consumed"]
 
 
@@ -164,7 +164,7 @@ class Checkpointer:
     def iterate(self, loader: Iterable, epoch: int, phase: int, skip: int) -> Iterator:
         """Iterate one phase's loader, remembering its generator at the start of the pass."""
         sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         self.pass_start[phase] = _loader_gen_state(loader)
         self.active_phase = phase
@@ -265,8 +265,8 @@ class Checkpointer:
         self.opt.load_state_dict({"state": state, "param_groups": meta["optim"]["param_groups"]})
         if meta["scaler"] is not None:
             self.scaler.load_state_dict(meta["scaler"])
-        for i, (c, info) in enumerate(zip(self.cycles, meta["cycles"], strict=True)):
-            c.restore(info, tensors.get(f"rng.cycle.{i}"))
+        for j, (c, info) in enumerate(zip(self.cycles, meta["cycles"], strict=True)):
+            c.restore(info, tensors.get(f"rng.cycle.{j}"))
         self._loader_states = {
             int(k.rsplit(".", 1)[1]): v for k, v in tensors.items() if k.startswith("rng.loader.")
         }

@@ -183,9 +183,9 @@ def build_tokenizer(words: Sequence[str], max_length: int = 16):
         (Path(d) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         text = "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n"
         (Path(d) / "merges.txt").write_text(text, encoding="utf-8")
-        tok = CLIPTokenizer(
+        tok = CLIPTokenizer(  # type: ignore[assignment]
             vocab=json.loads((Path(d) / "vocab.json").read_text("utf-8")),
-            merges=[tuple(line.split(" ")) for line in text.splitlines()[1:] if line],
+            merges=[tuple(line.split(" ")) for line in text.splitlines()[1:] if line],  # type: ignore[misc]
             model_max_length=max_length,
         )
     return tok
@@ -236,7 +236,7 @@ def tiny_pipeline(
             f"image size {image_size} does not fit {len(vae_widths)} VAE and "
             f"{len(widths)} UNet levels"
         )
-    vae = AutoencoderKL(
+    vae = AutoencoderKL(  # type: ignore[attr-defined]
         in_channels=channels,
         out_channels=channels,
         down_block_types=("DownEncoderBlock2D",) * len(vae_widths),
@@ -279,7 +279,7 @@ def tiny_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
     return pipe
@@ -414,7 +414,7 @@ def read_caption_folder(folder: str | Path, image_size: int | None = None):
             raise SalunError(f"captioned image {str(p)!r} does not exist")
         im = Image.open(p).convert("RGB")
         if image_size:
-            im = im.resize((image_size, image_size), Image.BICUBIC)
+            im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
         t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         images.append(t.view(im.height, im.width, 3).permute(2, 0, 1).float() / 255)
     return torch.stack(images), [c for _, c in pairs]

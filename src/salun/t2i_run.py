@@ -200,7 +200,7 @@ def prepare_t2i(cfg: Config, pipeline: str | Path | None = None, pipe=None) -> T
             log.info("forget/retain latents from cache %s", path)
         else:
             start = time.perf_counter()
-            gen = dict(
+            gen: dict[str, Any] = dict(
                 guidance=t.guidance,
                 steps=t.steps,
                 batch_size=t.generate_batch_size,
@@ -291,6 +291,7 @@ def nudity_eval(exp: T2IExperiment, unet: nn.Module) -> dict[str, Any]:
     from salun.eval.prompts import read_i2p_csv
 
     t = exp.cfg.text_to_image
+    assert t.i2p_csv is not None  # the caller checked it is set
     rows = read_i2p_csv(t.i2p_csv)
     images = torch.cat(
         [sample_prompts(exp, unet, [r.prompt], 1, seed=r.seed, guidance=r.guidance) for r in rows]

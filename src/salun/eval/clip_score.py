@@ -40,7 +40,7 @@ def load_clip(clip_dir: str | Path, device: str | torch.device = "cpu") -> tuple
         raise SalunError(
             f"CLIP folder {str(folder)!r} does not load: {str(e).splitlines()[0]}"
         ) from e
-    return model.to(device).eval(), processor
+    return model.to(device).eval(), processor  # type: ignore[arg-type]
 
 
 @torch.no_grad()

@@ -120,10 +120,10 @@ class Estimator:
         mia_v = mia_efficacy(pr.true_prob, fit_v, held_v, seed=self.seed)["mia_efficacy"]
         return {
             "UA": 100.0 - pf.accuracy,
-            "MIA-Efficacy": mia_f,
+            "MIA-Efficacy": float(mia_f),
             "RA": pr.accuracy,
             "val_acc": pv.accuracy,
-            "val_mia": mia_v,
+            "val_mia": float(mia_v),
         }
 
     def __call__(self, model: nn.Module) -> dict[str, Any]:

@@ -181,7 +181,7 @@ def fit(
 
 def _iterate(loader: Iterable, epoch: int) -> Iterable:
     sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
+    if sampler is not None and hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)  # DistributedSampler: a fresh order per epoch, same on all ranks
     return loader
 

@@ -66,7 +66,7 @@ class FMN(Optim):
         require_nonempty(data, retain=False)
         forget_rows = torch.unique(task.labels_of(data.forget))
         retain_rows = (
-            torch.unique(task.labels_of(data.retain)) if len(data.retain) else forget_rows[:0]
+            torch.unique(task.labels_of(data.retain)) if len(data.retain) else forget_rows[:0]  # type: ignore[arg-type]
         )
         positions = concept_positions(task, forget_rows, retain_rows).to(task.device)
         layers = [m for n, m in model.named_modules() if n.endswith("attn2")]
