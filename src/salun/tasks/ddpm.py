@@ -40,6 +40,27 @@ BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 SAMPLERS = ("ddim", "ddpm")
 
 
+def target_model(task, model: nn.Module) -> nn.Module:
+    """The model that gives relabelling targets: ``model`` itself (``target="current"``) or a
+    frozen copy snapshotted at the first relabelled step (``"frozen"``). Shared by the diffusion
+    tasks (class-conditional DDPM, text-to-image); ``task`` keeps the snapshot in ``_frozen``."""
+    if task.target == "current":
+        return model
+    if task._frozen is None or task._frozen[0] is not model:
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        task._frozen = (model, frozen)
+    return task._frozen[1]
+
+
+def relabelled_mse(task, model: nn.Module, x_t, t, y, labels: torch.Tensor) -> torch.Tensor:
+    """SalUn's relabelled objective ||eps_theta(x_t, c) - sg eps(x_t, c')||^2 (Fan et al., ICLR
+    2024, eq. 9), the target predicted by :func:`target_model` under the relabelled condition."""
+    source = target_model(task, model)
+    with torch.no_grad():
+        target = task.predict(source, x_t, t, labels.to(task.device))
+    return F.mse_loss(task.predict(model, x_t, t, y), target)
+
+
 def make_scheduler(timesteps: int = 1000, beta_schedule: str = "linear"):
     """The training noise schedule as a diffusers ``DDPMScheduler`` (linear 1e-4..0.02 or cosine)."""
     require_extra("diffusers", "generation")
@@ -126,23 +147,12 @@ class DiffusionTask:
             drop = torch.rand(y.shape, generator=self.generator).to(y.device) < self.p_uncond
             y = torch.where(drop, torch.full_like(y, self.null_label), y)
             return F.mse_loss(self.predict(model, x_t, t, y), eps)
-        source = self._target_model(model)
-        with torch.no_grad():
-            target = self.predict(source, x_t, t, labels.to(self.device))
-        return F.mse_loss(self.predict(model, x_t, t, y), target)
+        return relabelled_mse(self, model, x_t, t, y, labels)
 
     def forget_loss(self, model: nn.Module, batch) -> torch.Tensor:
         """Saliency loss: the noise MSE on forget images with their own labels (no dropout)."""
         x_t, t, eps, y = self.noised(batch)
         return F.mse_loss(self.predict(model, x_t, t, y), eps)
-
-    def _target_model(self, model: nn.Module) -> nn.Module:
-        if self.target == "current":
-            return model
-        if self._frozen is None or self._frozen[0] is not model:
-            frozen = copy.deepcopy(model).eval().requires_grad_(False)
-            self._frozen = (model, frozen)  # snapshot at the first relabelled step
-        return self._frozen[1]
 
     def relabel(
         self, labels: torch.Tensor, generator: torch.Generator, exclude_true: bool = True

@@ -25,7 +25,6 @@ class-wise, 0.1 for concept forgetting, the paper's settings).
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from salun.errors import SalunError, unknown_choice
 from salun.tasks.classification import dataset_labels, position_loader
+from salun.tasks.ddpm import relabelled_mse
 
 log = logging.getLogger(__name__)
 
@@ -175,23 +175,12 @@ class TextToImageTask:
                 drop = torch.rand(y.shape, generator=self.generator).to(y.device) < self.p_uncond
                 y = torch.where(drop, torch.full_like(y, self.null_label), y)
             return F.mse_loss(self.predict(model, z_t, t, y), eps)
-        source = self._target_model(model)
-        with torch.no_grad():
-            target = self.predict(source, z_t, t, labels.to(self.device))
-        return F.mse_loss(self.predict(model, z_t, t, y), target)
+        return relabelled_mse(self, model, z_t, t, y, labels)
 
     def forget_loss(self, model: nn.Module, batch) -> torch.Tensor:
         """Saliency loss: the noise MSE on the forget latents with their own prompts."""
         z_t, t, eps, y = self.noised(batch)
         return F.mse_loss(self.predict(model, z_t, t, y), eps)
-
-    def _target_model(self, model: nn.Module) -> nn.Module:
-        if self.target == "current":
-            return model
-        if self._frozen is None or self._frozen[0] is not model:
-            frozen = copy.deepcopy(model).eval().requires_grad_(False)
-            self._frozen = (model, frozen)  # snapshot at the first relabelled step
-        return self._frozen[1]
 
     def relabel(
         self, labels: torch.Tensor, generator: torch.Generator, exclude_true: bool = True
