@@ -94,7 +94,15 @@ SIZES = {
 
 
 # -- one cell (runs in a child process) --------------------------------------------------------
-def run_cell(size: str, scenario: str, seed: int, device: str, cache: Path, out: Path) -> None:
+def run_cell(
+    size: str,
+    scenario: str,
+    seed: int,
+    device: str,
+    cache: Path,
+    out: Path,
+    methods: tuple[str, ...] = METHODS,
+) -> None:
     import torch
 
     from salun.config import load_config
@@ -144,7 +152,7 @@ def run_cell(size: str, scenario: str, seed: int, device: str, cache: Path, out:
     prime, pinfo = train_model(exp, "retrain_prime")
     record("retrain_prime", prime, pinfo.get("seconds"))
     record("original", original, 0.0)
-    for name in METHODS:
+    for name in methods:
         cfg.unlearn.method, cfg.unlearn.params = name, dict(spec["params"])
         model, info = unlearn_once(exp, original, name, spec["params"], mask=method_uses_mask(cfg))
         record(name, model, info["rte_seconds"], {"calibration": info.get("calibration")})
@@ -178,6 +186,8 @@ def _launch(args, scenario: str, seed: int, out: Path) -> tuple[str, int, str | 
         args.device,
         "--out",
         str(out),
+        "--methods",
+        *args.methods,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -319,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cpu")
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--out", default="runs/scenario-matrix")
+    ap.add_argument(
+        "--scenarios", nargs="*", default=None, help="a subset of the size's scenarios (names)"
+    )
+    ap.add_argument(
+        "--methods", nargs="*", default=list(METHODS), choices=METHODS, help="a subset of rows"
+    )
     ap.add_argument("--cell", nargs=2, metavar=("SCENARIO", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -331,13 +347,18 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             out / "cache",
             out / "cells" / f"{scenario}-seed{seed}.json",
+            tuple(args.methods),
         )
         return 0
     (out / "cells").mkdir(parents=True, exist_ok=True)
     spec = SIZES[args.size]
     seeds = spec["seeds"] if args.seeds is None else args.seeds
     # seeds interleaved: the first cells train every seed's original at once, the rest wait
-    todo = [(s, seed) for s in spec["scenarios"] for seed in seeds]
+    scenarios = list(spec["scenarios"]) if args.scenarios is None else args.scenarios
+    unknown = sorted(set(scenarios) - set(spec["scenarios"]))
+    if unknown:
+        ap.error(f"unknown scenario(s) {unknown}; allowed: {', '.join(spec['scenarios'])}")
+    todo = [(s, seed) for s in scenarios for seed in seeds]
     start = time.perf_counter()
     failed = []
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

@@ -206,3 +206,33 @@ def test_calibration_files_and_skip_without_validation(val_exp, digits_class, tm
     exp0, original0, _ = digits_class  # no validation split
     _, info0 = unlearn_once(exp0, original0, "salun", {"epochs": 1}, mask=True)
     assert "no validation split" in info0["calibration"]["skipped"]
+
+
+def test_calibration_returns_the_original_when_no_step_is_safe(val_exp):
+    """Gradient ascent at a destructive lr: every epoch is worse than the original by the
+    estimate, so calibration hands back the original unchanged and says so."""
+    from salun.run import unlearn_once
+
+    exp, original = val_exp
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    params = {"epochs": 2, "lr": 5.0, "calibrate": True, "lr_grid": [1.0, 2.0]}
+    model, info = unlearn_once(exp, original, "ga", params)
+    chosen = info["_calibration"]["chosen"]
+    assert chosen["epoch"] == 0 and chosen["no_safe_step"] is True
+    assert info["calibration"]["no_safe_step"] is True
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_calibration_targets_are_fixed_by_the_original(val_exp):
+    """The estimate's targets (MIA-Efficacy included) come from the original, not from the
+    model being scored: a model that only lowers its confidence cannot move its target."""
+    from salun.methods._calibrate import Estimator
+
+    exp, original = val_exp
+    est = Estimator(original, exp.forget, exp.retain, exp.val, exp.task, seed=0)
+    assert set(est.targets) == {"UA", "MIA-Efficacy", "RA", "TA"}
+    flat = copy.deepcopy(original)
+    with torch.no_grad():
+        for p in flat.parameters():
+            p.mul_(0.05)  # shrinks every logit: confidence falls everywhere
+    assert est(flat)["targets"] == est(original)["targets"] == est.targets

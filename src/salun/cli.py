@@ -235,6 +235,12 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
             f"calibration ({cal['scenario']}): lr {cal['lr']:.3g}, epoch {cal['epoch']}, "
             f"estimated Avg. Gap {cal['estimate']:.2f} -> calibration.json, calibration.png"
         )
+        if cal.get("no_safe_step"):
+            print(
+                "WARNING: no safe step: every lr and epoch tried moved the model further from "
+                "Retrain (by the Retrain-free estimate) than the original; the original was "
+                "returned unchanged. Try FT or l1-sparse, or a smaller lr."
+            )
     print(f"run folder: {args.out}")
     return 0
 
