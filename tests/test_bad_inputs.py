@@ -699,7 +699,7 @@ API_CASES = [
         "forget inputs are torch.float64 but the model's weights are torch.float32; convert one",
     ),
     ("int-input", "forget inputs must be floating-point tensors, got torch.int64"),
-    ("nolabel", "forget items must be (input, label, ...) tuples; got Tensor"),
+    ("nolabel", "forget items must be (input, label, ...) tuples or dicts; got Tensor"),
     (
         "float-label",
         "retain labels must be integer class indices (one per item), got dtype torch.float32 and shape (20,)",
