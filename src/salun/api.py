@@ -292,6 +292,8 @@ def unlearn(
         raise SalunError(
             f"mask=False: method {method!r} is defined by its saliency mask; use method='rl'"
         )
+    if policy == "refused" and mask is not None and mask is not False:
+        raise SalunError(f"method {method!r} takes no mask (its mask capability is 'refused')")
     if init_fn is not None:
         if not hasattr(m, "init_fn"):
             raise SalunError(f"init_fn is used by method 'retrain' only, not {method!r}")
