@@ -413,3 +413,22 @@ def test_output_adapter_reads_the_common_output_shapes():
     assert output_logits((t, None)) is t
     assert output_logits({"logits": t}) is t
     assert output_logits({"s": t}, lambda o: o["s"]) is t
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_models_keep_their_device_and_bf16_runs_on_cuda(digits):
+    xf, yf, xr, yr = digits
+    forget, retain = TensorDataset(xf, yf), TensorDataset(xr, yr)
+    cpu = _mlp()
+    salun.unlearn(cpu, forget, retain, method="rl", epochs=1)
+    assert next(cpu.parameters()).device.type == "cpu"  # not moved to CUDA unasked
+    gpu = _mlp().cuda().to(torch.bfloat16)
+    state = torch.cuda.get_rng_state()
+    salun.unlearn(gpu, forget, retain, method="salun", epochs=1, batch_size=32)
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+    assert all(p.is_cuda and p.dtype == torch.bfloat16 for p in gpu.parameters())
+    assert 0 <= salun.evaluate(gpu, forget, retain, retain)["TA"] <= 100
+    moved = _mlp()
+    salun.unlearn(moved, forget, retain, method="rl", epochs=1, device="cuda")
+    assert next(moved.parameters()).is_cuda

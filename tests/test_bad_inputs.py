@@ -641,12 +641,13 @@ def test_audit_record_and_verification(runs, tmp_path, capsys):
         "model.safetensors",
         "metrics.json",
         "log.txt",
+        "history.jsonl",
     }
     assert {"metrics", "retrain", "original", "gap"} <= set(a["metrics"]) and a["versions"]["torch"]
     capsys.readouterr()
     assert main(["audit", str(run)]) == 0
     printed = capsys.readouterr().out
-    assert a["result_model_hash"] in printed and "6 files verified" in printed
+    assert a["result_model_hash"] in printed and "7 files verified" in printed
 
     import shutil
 

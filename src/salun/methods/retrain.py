@@ -16,9 +16,8 @@ The defaults below apply to the Python API (``salun.unlearn(..., method="retrain
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -53,7 +52,8 @@ class Retrain(Optim):
     accepts_mask: ClassVar[bool] = False
     mask: ClassVar[str] = "refused"
     # Set per instance by salun.unlearn(init_fn=...): not a hyperparameter, never in a config.
-    init_fn: ClassVar[Callable[[nn.Module], None] | None] = None
+    # A Callable[[nn.Module], None] (typed Any: mypy would read a callable ClassVar as a method)
+    init_fn: ClassVar[Any] = None
 
     def unlearn(self, model, data: UnlearnData, task, mask=None):
         if mask is not None:
