@@ -398,7 +398,10 @@ def test_epoch_losses_go_to_the_log_history_jsonl_and_callbacks(digits, tmp_path
         )
     lines = [json.loads(s) for s in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and lines == got
-    assert all(r["desc"] == "RL" and r["loss"] > 0 and r["lr"] == 0.01 for r in lines)
+    assert all(r["desc"] == "RL" and r["lr"] == 0.01 and r["seconds"] > 0 for r in lines)
+    for r in lines:  # RL: a D_f phase (1 batch) then a D_r phase (7 batches); loss = their mean
+        f, r_ = r["phase_losses"]
+        assert f > 0 and r_ > 0 and abs(r["loss"] - (f * 1 + r_ * 7) / 8) < 1e-4
     assert "RL epoch 2/2: mean loss" in (tmp_path / "log.txt").read_text()
     with pytest.raises(SalunError, match="callbacks must be callables"):
         salun.unlearn(model, TensorDataset(xf, yf), TensorDataset(xr, yr), callbacks=[3])

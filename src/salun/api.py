@@ -277,8 +277,8 @@ def unlearn(
         output_fn: ``output -> logits`` for models whose output is none of a tensor, ``.logits``
             or a tuple starting with the logits.
         input_key, label_key: keys of dict items (defaults: see the module docstring).
-        callbacks: callables receiving a dict per epoch (desc, epoch, epochs, loss, lr, seconds,
-            steps), e.g. to log to TensorBoard or W&B.
+        callbacks: callables receiving a dict per epoch (desc, epoch, epochs, loss,
+            phase_losses, lr, seconds, steps), e.g. to log to TensorBoard or W&B.
         init_fn: ``method="retrain"`` only: re-initialises the model in place (called after
             seeding). Without it Retrain calls every module's ``reset_parameters`` and refuses
             models with parameters no module can reset (e.g. a ViT's ``pos_embed``).

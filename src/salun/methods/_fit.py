@@ -7,7 +7,9 @@ non-salient weights. Methods keep their objective visible in their own file.
 After every epoch the loop logs the mean loss at INFO, appends one JSON line to the active
 history file (``history.jsonl`` of the run folder, see :func:`recording`) and calls each active
 callback (:func:`recording`; ``salun.unlearn(..., callbacks=[...])``) with a dict
-``{"desc", "epoch", "epochs", "loss", "lr", "seconds", "steps"}``: TensorBoard or W&B plug in there.
+``{"desc", "epoch", "epochs", "loss", "phase_losses", "lr", "seconds", "steps"}`` (``loss``: the
+mean over the epoch's steps; ``phase_losses``: the mean of each phase, e.g. D_f then D_r):
+TensorBoard or W&B plug in there.
 """
 
 from __future__ import annotations
@@ -194,6 +196,8 @@ def fit(
         for group in opt.param_groups:
             group["lr"] = lr_at(args, epoch)
         plist = phases(epoch)
+        phase_sum = torch.zeros(len(plist), device=device)  # per-phase losses for the history
+        phase_n = [0] * len(plist)
         resuming = resumed is not None and epoch == pos.epoch
         if resuming and ckpt is not None:
             ckpt.restore_loaders(plist)
@@ -225,6 +229,8 @@ def fit(
                 if after_step is not None:
                     after_step(step)
                 total += loss.detach().float()
+                phase_sum[i] += loss.detach().float()
+                phase_n[i] += 1
                 count += 1
                 if ckpt is not None and ckpt.due(step):
                     here = checkpoint.Position(epoch, i, b, step)
@@ -237,6 +243,9 @@ def fit(
                 "epoch": epoch + 1,
                 "epochs": args.epochs,
                 "loss": running / max(count, 1),
+                "phase_losses": [
+                    t / n if n else None for t, n in zip(phase_sum.tolist(), phase_n, strict=True)
+                ],
                 "lr": lr_at(args, epoch),
                 "seconds": round(time.perf_counter() - started, 4),
                 "steps": step,
