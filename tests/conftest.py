@@ -7,9 +7,22 @@ from salun.config import load_config
 from salun.run import prepare, train_model
 
 
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # tiny models: one thread is faster and robust to a loaded machine
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_threads():
+    # Session fixtures (digits_class) are set up before function-scoped autouse ones: without
+    # this, the first test file to request them decided the thread count of their training,
+    # and so the trained weights (`pytest tests/test_methods_contract.py tests/test_behaviour.py`
+    # trained with every core, and GA and SalUn missed their thresholds).
+    _one_thread()
+
+
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(1)  # tiny models: one thread is faster and robust to a loaded machine
+    _one_thread()
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +31,7 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def digits_class(cache_dir):
+def digits_class(cache_dir, _session_threads):
     """Class-wise forgetting of digit 3 on a 600-image digits subset, with a trained original."""
     cfg = load_config(
         "smoke/digits",

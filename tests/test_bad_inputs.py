@@ -641,12 +641,13 @@ def test_audit_record_and_verification(runs, tmp_path, capsys):
         "model.safetensors",
         "metrics.json",
         "log.txt",
+        "history.jsonl",
     }
     assert {"metrics", "retrain", "original", "gap"} <= set(a["metrics"]) and a["versions"]["torch"]
     capsys.readouterr()
     assert main(["audit", str(run)]) == 0
     printed = capsys.readouterr().out
-    assert a["result_model_hash"] in printed and "6 files verified" in printed
+    assert a["result_model_hash"] in printed and "7 files verified" in printed
 
     import shutil
 
@@ -699,7 +700,7 @@ API_CASES = [
         "forget inputs are torch.float64 but the model's weights are torch.float32; convert one",
     ),
     ("int-input", "forget inputs must be floating-point tensors, got torch.int64"),
-    ("nolabel", "forget items must be (input, label, ...) tuples; got Tensor"),
+    ("nolabel", "forget items must be (input, label, ...) tuples or dicts; got Tensor"),
     (
         "float-label",
         "retain labels must be integer class indices (one per item), got dtype torch.float32 and shape (20,)",

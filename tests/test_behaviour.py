@@ -7,10 +7,13 @@ import pytest
 from salun.eval.accuracy import predict
 from salun.methods import UnlearnData, get_method
 
+# Off the knife edge (issue 11): measured on the digits_class original trained with 1 and with 2
+# threads, GA lr 5e-3 left 47.5 % forget accuracy (threshold 50) and SalUn lr 0.01 kept 90.2 %
+# retain accuracy (bound 90); GA lr 6e-3 gives 0.0 / 0.0 and SalUn lr 5e-3 95.5 / 95.0.
 SETTINGS = {
-    "ga": {"epochs": 5, "lr": 5e-3, "batch_size": 32},
+    "ga": {"epochs": 5, "lr": 6e-3, "batch_size": 32},
     "rl": {"epochs": 3, "lr": 0.01, "batch_size": 64},
-    "salun": {"epochs": 3, "lr": 0.01, "batch_size": 64},
+    "salun": {"epochs": 3, "lr": 5e-3, "batch_size": 64},
     "salun-paper": {"epochs": 3, "lr": 0.01, "batch_size": 64, "form": "paper", "alpha": 1.0},
 }
 
@@ -28,6 +31,6 @@ def test_forgetting_lowers_forget_accuracy(name, digits_class):
     assert after_f < before_f - 50, (name, before_f, after_f)
     if name.startswith("salun"):
         # stated bound: SalUn keeps retain accuracy within 10 points of the original. Re-measured
-        # with labels drawn afresh per batch (issue 10): 92.6 (reference form) and 94.6 (paper
-        # form) from 100; the former fixed label table stayed within 5.
+        # (issue 11, original trained with 1 / 2 threads): 95.5 / 95.0 (reference form, lr 5e-3)
+        # and 95.9 / 94.6 (paper form) from 100.
         assert after_r >= before_r - 10, (before_r, after_r)

@@ -504,8 +504,11 @@ def run_log(out: Path):
     old_level = root.level
     root.setLevel(logging.INFO)
     root.addHandler(handler)
+    from salun.methods._fit import recording
+
     try:
-        yield
+        with recording(out / "history.jsonl"):  # one JSON line per training/unlearning epoch
+            yield
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)

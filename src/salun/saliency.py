@@ -102,20 +102,30 @@ class SaliencyMask:
         if recorded != actual:
             log.warning("mask model_hash %s differs from the model's %s (forced)", recorded, actual)
 
+    def get(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        """The mask of parameter ``name``; all False for a frozen parameter the mask omits."""
+        m = self.masks.get(name)
+        return torch.zeros(param.shape, dtype=torch.bool) if m is None else m
+
     def check(self, model: nn.Module) -> None:
-        """Fail unless the mask covers exactly the model's parameters with matching shapes."""
+        """Fail unless the mask covers the model's trainable parameters with matching shapes.
+
+        Frozen parameters (``requires_grad=False``: a linear probe's backbone, adapters) may be
+        left out: nothing updates them, so a mask over the trainable parameters only is whole.
+        """
         params = dict(model.named_parameters())
-        missing = sorted(set(params) - set(self.masks))
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        missing = sorted(trainable - set(self.masks))
         extra = sorted(set(self.masks) - set(params))
         if missing or extra:
             raise SalunError(
                 f"mask does not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
             )
-        for name, p in params.items():
-            if tuple(self.masks[name].shape) != tuple(p.shape):
+        for name, m in self.masks.items():
+            if tuple(m.shape) != tuple(params[name].shape):
                 raise SalunError(
                     f"mask does not match the model: {name} has shape "
-                    f"{tuple(self.masks[name].shape)} in the mask, {tuple(p.shape)} in the model"
+                    f"{tuple(m.shape)} in the mask, {tuple(params[name].shape)} in the model"
                 )
 
 
@@ -300,6 +310,8 @@ class MaskGuard:
             return
         mask.check(model)
         for name, p in model.named_parameters():
+            if not p.requires_grad:  # frozen: no gradient, no step, nothing to guard
+                continue
             m = mask.masks[name].to(p.device)
             if bool(m.all()):
                 continue

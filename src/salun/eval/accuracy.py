@@ -38,7 +38,7 @@ def predict(model: nn.Module, dataset, task, batch_size: int = 512) -> Predictio
     out: dict[str, list[torch.Tensor]] = {"y": [], "p": [], "c": [], "l": [], "q": []}
     for batch in task.loader(dataset, batch_size, shuffle=False):
         x, y, _ = task.batch(batch)
-        logits = model(x).float()
+        logits = task.logits(model, x).float()
         if not bool(logits.isfinite().all()):
             from salun.errors import SalunError
 

@@ -73,7 +73,7 @@ def probabilities(
     labels: list[torch.Tensor] = []
     for batch in task.loader(dataset, batch_size, shuffle=False):
         x, y, _ = task.batch(batch)
-        probs.append(F.softmax(model(x).float(), dim=1).cpu())
+        probs.append(F.softmax(task.logits(model, x).float(), dim=1).cpu())
         labels.append(y.cpu())
     model.train(was_training)
     if not probs:

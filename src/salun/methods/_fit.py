@@ -3,14 +3,27 @@
 Every gradient method describes an epoch as a list of *phases* ``(loader, loss_fn)``; ``fit``
 runs them in order, each batch doing: loss -> backward -> mask gradients -> step -> restore
 non-salient weights. Methods keep their objective visible in their own file.
+
+After every epoch the loop logs the mean loss at INFO, appends one JSON line to the active
+history file (``history.jsonl`` of the run folder, see :func:`recording`) and calls each active
+callback (:func:`recording`; ``salun.unlearn(..., callbacks=[...])``) with a dict
+``{"desc", "epoch", "epochs", "loss", "phase_losses", "lr", "seconds", "steps"}`` (``loss``: the
+mean over the epoch's steps; ``phase_losses``: the mean of each phase, e.g. D_f then D_r):
+TensorBoard or W&B plug in there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
-from collections.abc import Callable, Iterable
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,6 +71,61 @@ class Optim:
             )
         if not self.lr_grid or any(not isinstance(m, int | float) or m <= 0 for m in self.lr_grid):
             raise SalunError(f"lr_grid must be positive lr multipliers, got {self.lr_grid!r}")
+
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+_HISTORY: list[Path] = []
+_CALLBACKS: list[EpochCallback] = []
+
+
+@contextlib.contextmanager
+def recording(
+    history: str | os.PathLike | None = None, callbacks: Sequence[EpochCallback] = ()
+) -> Iterator[None]:
+    """While open, every ``fit`` epoch is appended to ``history`` (JSON lines) and passed to
+    each of ``callbacks``. Nests: an inner block adds to the outer one's."""
+    for cb in callbacks:
+        if not callable(cb):
+            raise SalunError(f"callbacks must be callables taking a dict, got {cb!r}")
+    paths = [] if history is None else [Path(history)]
+    _HISTORY.extend(paths)
+    _CALLBACKS.extend(callbacks)
+    try:
+        yield
+    finally:
+        for p in paths:
+            _HISTORY.remove(p)
+        for cb in callbacks:
+            _CALLBACKS.remove(cb)
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line appended with a single O_APPEND write: a crash leaves whole lines only."""
+    data = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _epoch_end(record: dict[str, Any]) -> None:
+    log.info(
+        "%s epoch %d/%d: mean loss %.4f, lr %.3g, %.2fs",
+        record["desc"],
+        record["epoch"],
+        record["epochs"],
+        record["loss"],
+        record["lr"],
+        record["seconds"],
+    )
+    if not distributed.is_main():
+        return
+    for path in list(_HISTORY):
+        _append_line(path, record)
+    for cb in list(_CALLBACKS):
+        cb(dict(record))
 
 
 def make_optimizer(params, args: Optim) -> torch.optim.Optimizer:
@@ -124,9 +192,12 @@ def fit(
     step, total = pos.step, torch.zeros((), device=device)  # the loss stays on the device
     progress = progress and distributed.is_main()
     for epoch in range(pos.epoch, args.epochs):
+        started = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(args, epoch)
         plist = phases(epoch)
+        phase_sum = torch.zeros(len(plist), device=device)  # per-phase losses for the history
+        phase_n = [0] * len(plist)
         resuming = resumed is not None and epoch == pos.epoch
         if resuming and ckpt is not None:
             ckpt.restore_loaders(plist)
@@ -158,13 +229,28 @@ def fit(
                 if after_step is not None:
                     after_step(step)
                 total += loss.detach().float()
+                phase_sum[i] += loss.detach().float()
+                phase_n[i] += 1
                 count += 1
                 if ckpt is not None and ckpt.due(step):
                     here = checkpoint.Position(epoch, i, b, step)
                     ckpt.save(here, plist, running + float(total), count)
             resuming = False
         running += float(total)  # one host sync per epoch
-        log.debug("%s epoch %d: mean loss %.4f", desc, epoch + 1, running / max(count, 1))
+        _epoch_end(
+            {
+                "desc": desc,
+                "epoch": epoch + 1,
+                "epochs": args.epochs,
+                "loss": running / max(count, 1),
+                "phase_losses": [
+                    t / n if n else None for t, n in zip(phase_sum.tolist(), phase_n, strict=True)
+                ],
+                "lr": lr_at(args, epoch),
+                "seconds": round(time.perf_counter() - started, 4),
+                "steps": step,
+            }
+        )
         running, count, total = 0.0, 0, torch.zeros((), device=device)
         if monitor is not None:
             monitor.epoch_end(model, epoch + 1)

@@ -75,13 +75,13 @@ class BadTeacher(Optim):
             with torch.no_grad():  # teachers in eval mode: per-sample outputs, so split freely
                 for teacher, rows in ((incompetent, is_forget), (competent, ~is_forget)):
                     if bool(rows.any()):
-                        out = teacher(x[rows]).float()
+                        out = task.logits(teacher, x[rows]).float()
                         if logits is None:
                             logits = out.new_zeros((len(x), out.shape[1]))
                         logits[rows] = out
                 assert logits is not None  # a batch is never empty
                 target = F.log_softmax(logits / self.T, dim=1)
-            student = F.log_softmax(model(x).float() / self.T, dim=1)
+            student = F.log_softmax(task.logits(model, x).float() / self.T, dim=1)
             return F.kl_div(student, target, reduction="batchmean", log_target=True)
 
         return fit(model, lambda e: [(loader, loss)], self, mask, task.progress, "BadTeacher")

@@ -47,7 +47,9 @@ def fgsm_labels(model, dataset, task, epsilon: float, batch_size: int) -> torch.
         (grad,) = torch.autograd.grad(loss, x)
         with torch.no_grad():
             x_adv = (x + epsilon * grad.sign()).clamp_(0.0, 1.0)
-            pred = frozen(x_adv).argmax(1)
+            pred = task.logits(frozen, x_adv).argmax(1)
+        if pos is None:  # a user's DataLoader, iterated as it is: no sample positions
+            raise SalunError("BS keys its labels on sample positions; pass a Dataset, not a loader")
         labels[pos] = pred.cpu()
         flips += int((pred != y).sum())
     log.info("BS: FGSM (eps %.3g) changed the label of %d of %d", epsilon, flips, len(labels))

@@ -61,7 +61,7 @@ def layer_mask(model: nn.Module, k: int, mask: SaliencyMask | None = None) -> Sa
     masks = {}
     for name, p in model.named_parameters():
         on = torch.full(p.shape, id(p) in chosen, dtype=torch.bool)
-        masks[name] = on & mask.masks[name].cpu().bool() if mask is not None else on
+        masks[name] = on & mask.get(name, p).cpu().bool() if mask is not None else on
     return SaliencyMask(masks, meta={"layers": k, "user_mask": mask is not None})
 
 
@@ -72,7 +72,7 @@ def frozen_outside(model: nn.Module, mask: SaliencyMask) -> Iterator[None]:
     saved = {}
     for name, p in model.named_parameters():
         saved[name] = p.requires_grad
-        if not bool(mask.masks[name].any()):
+        if not bool(mask.get(name, p).any()):
             p.requires_grad_(False)
     try:
         yield

@@ -56,7 +56,7 @@ def diagonal_fisher(model, dataset, task, batch_size: int, generator: torch.Gene
     for batch in task.loader(dataset, batch_size, shuffle=False):
         x, _, _ = task.batch(batch)
         with torch.no_grad():
-            probs = torch.softmax(model(x).float(), dim=1).cpu()
+            probs = torch.softmax(task.logits(model, x).float(), dim=1).cpu()
         labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         size = len(labels)
         model.zero_grad(set_to_none=True)

@@ -56,7 +56,13 @@ def relabelled_loss(task, table: torch.Tensor):
     """CE against the per-sample random labels in ``table`` (indexed by batch position)."""
 
     def loss(model, batch):
-        return task.loss(model, batch, labels=table[torch.as_tensor(batch[2])])
+        pos = batch[2]
+        if pos is None:  # a user's DataLoader, iterated as it is
+            raise SalunError(
+                "labels='fixed' keys random labels on sample positions, which a DataLoader "
+                "passed as it is does not give; pass its Dataset or use labels='all'"
+            )
+        return task.loss(model, batch, labels=table[torch.as_tensor(pos)])
 
     return loss
 

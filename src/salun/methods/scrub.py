@@ -87,8 +87,8 @@ class SCRUB(Optim):
         def kl_to_teacher(model, batch):
             x, y, _ = task.batch(batch)
             with torch.no_grad():
-                t = teacher(x)
-            s = model(x)
+                t = task.logits(teacher, x)
+            s = task.logits(model, x)
             return distill_kl(s, t, self.T), s, y
 
         def max_loss(model, batch):
@@ -97,7 +97,7 @@ class SCRUB(Optim):
 
         def min_loss(model, batch):
             kl, s, y = kl_to_teacher(model, batch)
-            return self.alpha * kl + self.ce_weight * F.cross_entropy(s, y)
+            return self.alpha * kl + self.ce_weight * F.cross_entropy(s.float(), y)
 
         def phases(epoch):
             if epoch < self.max_steps:

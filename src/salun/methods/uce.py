@@ -73,7 +73,7 @@ class UCE:
             lhs = w @ (cross + self.lam * torch.eye(d, dtype=w.dtype))
             new = torch.linalg.solve(right.T, lhs.T).T.to(p.dtype)
             if masks is not None:
-                new = torch.where(masks[name].to(p.device), new, p.detach())
+                new = torch.where(mask.get(name, p).to(p.device), new, p.detach())
             p.copy_(new)
             edited += 1
         if edited == 0:
