@@ -26,6 +26,7 @@ from salun.registry import METHODS
 @METHODS.register("retrain")
 @dataclass
 class Retrain(Optim):
+    mask_policy: ClassVar[str] = "refused"  # a fresh model: nothing to mask
     # not text_to_image: retraining Stable Diffusion from scratch is not a baseline anyone runs
     tasks: ClassVar[tuple[str, ...]] = tuple(t for t in GENERIC_TASKS if t != "text_to_image")
     epochs: int = 20

@@ -58,7 +58,7 @@ import numpy as np
 from torch import nn
 
 from salun.errors import SalunError
-from salun.eval.population import (
+from salun.attacks.population import (
     NOOP,
     RETRAIN,
     logit_confidences,
