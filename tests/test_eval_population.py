@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from salun.config import load_config
-from salun.errors import SalunError
 from salun.attacks.epsilon import (
     Population,
     bucket_points,
@@ -39,6 +37,8 @@ from salun.attacks.population import (
     train_on,
     unlearn_copy,
 )
+from salun.config import load_config
+from salun.errors import SalunError
 from salun.run import prepare
 
 

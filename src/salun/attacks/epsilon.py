@@ -53,8 +53,6 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from salun.errors import SalunError
-from salun.eval.accuracy import predict
 from salun.attacks.population import (
     NOOP,
     RETRAIN,
@@ -65,6 +63,8 @@ from salun.attacks.population import (
     train_on,
     unlearn_copy,
 )
+from salun.errors import SalunError
+from salun.eval.accuracy import predict
 from salun.saliency import SaliencyMask
 
 log = logging.getLogger(__name__)

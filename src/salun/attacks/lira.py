@@ -57,7 +57,6 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from salun.errors import SalunError
 from salun.attacks.population import (
     NOOP,
     RETRAIN,
@@ -68,6 +67,7 @@ from salun.attacks.population import (
     train_on,
     unlearn_copy,
 )
+from salun.errors import SalunError
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,20 @@ def get_method(name: str, **params: Any):
 def list_methods(task: str | None = None) -> list[str]:
     """Registered method names, or those that support ``task``."""
     names = METHODS.names()
-    return names if task is None else [n for n in names if task in method_tasks(METHODS.get(n))]
+    if task is None:
+        return names
+    family = methods_family(task)
+    return [n for n in names if family in method_tasks(METHODS.get(n))]
+
+
+def methods_family(task_name: str) -> str:
+    """The task name methods declare support for: a registered task may take the methods of
+    another (``methods_like = "classification"``: its objective behaves like that one's)."""
+    from salun.registry import TASKS
+
+    if task_name in TASKS:
+        return str(getattr(TASKS.get(task_name), "methods_like", None) or task_name)
+    return task_name
 
 
 def method_tasks(method: Any) -> tuple[str, ...]:
@@ -82,7 +95,7 @@ def method_tasks(method: Any) -> tuple[str, ...]:
 def check_task(name: str, task_name: str) -> None:
     """Fail with one line when method ``name`` does not support ``task_name``."""
     cls = METHODS.get(name)
-    if task_name not in method_tasks(cls):
+    if methods_family(task_name) not in method_tasks(cls):
         allowed = ", ".join(list_methods(task_name))
         raise SalunError(
             f"method {name!r} does not support task {task_name!r}; methods for {task_name}: {allowed}"

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from salun.errors import SalunError, require_extra, unknown_choice
-from salun.eval.generation import SAMPLERS, sample  # re-exported: the sampler is a metric tool
+from salun.eval.generation import SAMPLERS, sample  # noqa: F401  (re-exported: a metric tool)
 from salun.tasks.classification import dataset_labels, position_loader
 
 RELABEL = ("next", "random")

@@ -322,7 +322,9 @@ def train_judge(exp: Experiment) -> tuple[nn.Module, dict[str, Any]]:
         reseed(cls_exp, c.seed)
         loader = cls_exp.task.loader(cls_exp.train, recipe.batch_size, True, c.seed)
         start = time.perf_counter()
-        fit(judge, lambda e: [(loader, cls_exp.task.loss)], recipe, None, exp.task.progress, "judge")
+        fit(
+            judge, lambda e: [(loader, cls_exp.task.loss)], recipe, None, exp.task.progress, "judge"
+        )
         seconds = time.perf_counter() - start
         # held-out accuracy over the whole test set, the forgotten class included
         full_test = IndexedDataset(exp.bundle.test)
@@ -395,5 +397,3 @@ def evaluate_ddpm(
         evaluator_version=GEN_EVAL_VERSION,
     )
     return metrics, images, labels
-
-

@@ -29,8 +29,8 @@ from torch import nn
 
 from salun.config import Config, save_config
 from salun.errors import SalunError, unknown_choice
-from salun.io import hash_obj, hash_state, load_tensors, save_tensors, write_json
 from salun.experiment import run_folder, versions
+from salun.io import hash_obj, hash_state, load_tensors, save_tensors, write_json
 from salun.methods import UnlearnData, check_task, get_method, method_params, wants_mask
 from salun.registry import TASKS
 from salun.saliency import SaliencyMask, compute_saliency_mask
