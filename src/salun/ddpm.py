@@ -1,10 +1,9 @@
-"""Class erasure from a class-conditional DDPM: model folders, the judge, evaluation, runs, demo.
+"""The DDPM demo: class erasure from a class-conditional DDPM with several methods.
 
-The methods are the classification ones (FT, GA, RL, SalUn, Retrain) plus ESD; they only see the
-:class:`~salun.tasks.ddpm.DiffusionTask`. This module holds what is specific to generators:
-saving and loading diffusers folders, the judge classifier (trained once per data split and
-cached), sampling + scoring (:mod:`salun.eval.generation`), PNG sample grids and the demo.
-Library code: it logs and returns tables; the CLI prints them.
+The ``ddpm`` task itself (model folders, the judge, evaluation) is
+:class:`salun.tasks.spec_ddpm.Diffusion`, run by the standard pipeline (:mod:`salun.run`);
+its functions are re-exported here for existing imports. Library code: it logs and returns
+tables; the CLI prints them.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from salun.eval.generation import DEFINITIONS, GEN_EVAL_VERSION, save_grid
 from salun.io import write_json, write_text
 from salun.methods import wants_mask
 from salun.report import markdown_table
-from salun.run import prepare, run_log, train_model, unlearn_once, versions
+from salun.run import prepare, run_folder, train_model, unlearn_once, versions
 from salun.tasks.spec_ddpm import (  # re-exported: the DDPM task's model folders and metrics
     META_FILE,
     Diffusion,
@@ -86,13 +85,14 @@ def run_ddpm_demo(
 ) -> dict[str, Any]:
     """Train a class-conditional DDPM on digits, erase one digit with each method, score them.
 
-    Writes ``grid_<name>.png`` (one row per class), ``report.md`` and ``metrics.json``.
+    Writes ``grid_<name>.png`` (one row per class), ``report.md`` and ``metrics.json``; the
+    folder is built beside ``out`` and renamed onto it (complete or absent).
     """
     out = Path(out)
     cfg = load_config("demo-ddpm", [f"seed={seed}", f"progress={progress}", *(overrides or [])])
     methods = copy.deepcopy(DDPM_DEMO_METHODS if methods is None else methods)
     exp = prepare(cfg)
-    with run_log(out):
+    with run_folder(out) as out:  # staged, renamed onto out at the end
         save_config(cfg, out / "config.yaml")
         exp.split.save(out / "split.json")
         original, orig_info = train_model(exp, "original")

@@ -12,7 +12,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -322,7 +322,7 @@ def retrain_recipe(cfg: Config, params: dict[str, Any] | None) -> TrainConfig:
 
 # -- run folders ---------------------------------------------------------------------------------
 @contextmanager
-def run_log(out: Path):
+def run_log(out: Path) -> Iterator[None]:
     """Copy the library's log records into ``out/log.txt`` for the duration of a run."""
     if not distributed.is_main():  # under torchrun only rank 0 writes the run folder
         yield
@@ -343,7 +343,7 @@ def run_log(out: Path):
 
 
 @contextmanager
-def run_folder(out: str | Path, log: bool = True):
+def run_folder(out: str | Path, log: bool = True) -> Iterator[Path]:
     """The one run-folder writer: a staged ``.NAME.partial-*`` sibling (marked INCOMPLETE),
     renamed onto ``out`` when the block ends without error (:func:`salun.io.staged_folder`:
     the folder is complete or absent), with the run log in ``log.txt`` unless ``log=False``

@@ -54,7 +54,7 @@ class Registry(Generic[T]):
 METHODS: Registry[type] = Registry("method", "salun.methods")
 
 
-TASKS: Registry[type] = Registry("task", "salun.tasks")
+TASKS: Registry[Any] = Registry("task", "salun.tasks")
 """Tasks (model families): classes implementing :class:`salun.tasks.base.Task`, registered by
 the modules of :mod:`salun.tasks` (``@TASKS.register("name")``). The pipeline and the CLI find
 a task here by the name in ``cfg.task`` and never branch on it."""
