@@ -46,10 +46,10 @@ def _config(args: argparse.Namespace):
         overrides.insert(0, f"task={task}")
     from salun import distributed, runtime
 
-    if getattr(args, "retrain", False):
-        from salun.experiment import set_refresh
+    from salun.experiment import set_refresh
 
-        set_refresh(True)  # re-train cached models and replace their cache entries
+    # --retrain: re-train cached models and replace their cache entries (this command only)
+    set_refresh(bool(getattr(args, "retrain", False)))
 
     if getattr(args, "no_progress", False) or not distributed.is_main():
         overrides.append("progress=false")  # under torchrun only rank 0 shows progress
