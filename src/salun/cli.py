@@ -45,7 +45,6 @@ def _config(args: argparse.Namespace):
             preset = _task(task).default_preset  # e.g. ddpm: digits 16x16, small UNet
         overrides.insert(0, f"task={task}")
     from salun import distributed, runtime
-
     from salun.experiment import set_refresh
 
     # --retrain: re-train cached models and replace their cache entries (this command only)
