@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from salun.attacks.epsilon import epsilon_score, retrain_population
+from salun.attacks.lira import ulira
 from salun.config import load_config
-from salun.eval.epsilon import epsilon_score, retrain_population
-from salun.eval.lira import ulira
 from salun.io import write_json
 from salun.run import method_uses_mask, prepare, train_model
 

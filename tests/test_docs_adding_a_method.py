@@ -88,7 +88,7 @@ def test_the_doc_method_registers_and_runs_through_the_api(toy_module, digits):
 
 
 def test_the_doc_names_the_mask_capabilities_the_api_reads(toy_module):
-    from salun.api import mask_policy
+    from salun.methods import mask_policy
 
     assert mask_policy(toy_module.ToyGA) == "optional"
     assert mask_policy(METHODS.get("salun")) == "required"

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from salun.config import load_config
-from salun.errors import SalunError
-from salun.eval.epsilon import (
+from salun.attacks.epsilon import (
     Population,
     bucket_points,
     epsilon_from_rates,
@@ -22,7 +20,7 @@ from salun.eval.epsilon import (
     forgetting_quality,
     retrain_population,
 )
-from salun.eval.lira import (
+from salun.attacks.lira import (
     attack_scores,
     balanced_membership,
     equal_counts,
@@ -30,7 +28,7 @@ from salun.eval.lira import (
     likelihood_ratio,
     ulira,
 )
-from salun.eval.population import (
+from salun.attacks.population import (
     PoolDataset,
     logit_confidences,
     model_seeds,
@@ -39,6 +37,8 @@ from salun.eval.population import (
     train_on,
     unlearn_copy,
 )
+from salun.config import load_config
+from salun.errors import SalunError
 from salun.run import prepare
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from salun.errors import SalunError
 from salun.eval import evaluate_classifier
-from salun.methods import UnlearnData, get_method, run_method
+from salun.methods import UnlearnData, get_method, mask_policy, run_method
 from salun.methods._fit import EpochCallback, recording
 from salun.saliency import SaliencyMask, compute_saliency_mask
 from salun.tasks.classification import BatchAdapter, ClassificationTask, output_logits
@@ -219,18 +219,6 @@ def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
-
-
-def mask_policy(method: Any) -> str:
-    """``"required"``, ``"optional"`` or ``"refused"``: the method's class-level ``mask``
-    capability (older attributes ``requires_mask`` / ``accepts_mask`` read as such)."""
-    cls = method if isinstance(method, type) else type(method)
-    policy = getattr(cls, "mask", None)
-    if isinstance(policy, str):
-        return policy
-    if getattr(cls, "requires_mask", False):
-        return "required"
-    return "optional" if getattr(cls, "accepts_mask", True) else "refused"
 
 
 def unlearn(

@@ -40,19 +40,36 @@ def _config(args: argparse.Namespace):
 
     preset, overrides = _split_items(args.items)
     task = getattr(args, "task", None)
-    if task == "ddpm" and preset is None:
-        preset = "demo-ddpm"  # the DDPM defaults: digits 16x16, small UNet, class erasure
-    if task == "text_to_image" and preset is None:
-        preset = "demo-sd"  # the pipeline `salun demo --task text_to_image` trains
     if task is not None:
+        if preset is None:
+            preset = _task(task).default_preset  # e.g. ddpm: digits 16x16, small UNet
         overrides.insert(0, f"task={task}")
     from salun import distributed, runtime
+    from salun.experiment import set_refresh
+
+    # --retrain: re-train cached models and replace their cache entries (this command only)
+    set_refresh(bool(getattr(args, "retrain", False)))
 
     if getattr(args, "no_progress", False) or not distributed.is_main():
         overrides.append("progress=false")  # under torchrun only rank 0 shows progress
     cfg = load_config(preset, overrides)
     runtime.configure(cfg)  # precision, compile, determinism, checkpoint_every for the loops
     return cfg
+
+
+def _task(name: str):
+    """The registered task ``name`` (one-line error naming the registered ones)."""
+    from salun.registry import TASKS
+
+    return TASKS.get(name)
+
+
+def _print_cache(kind: str, info: dict[str, Any]) -> None:
+    from salun.experiment import cache_note
+
+    note = cache_note(kind, info)
+    if note:
+        print(note)
 
 
 def _print_metrics(title: str, m: dict[str, Any]) -> None:
@@ -68,13 +85,7 @@ def _print_metrics(title: str, m: dict[str, Any]) -> None:
 
 def _load(exp, path: str):
     """A model for ``exp`` from ``path`` (safetensors, or a diffusers folder for DDPMs)."""
-    from salun.run import load_weights
-
-    if exp.cfg.task == "ddpm":
-        from salun.ddpm import load_model
-
-        return load_model(exp, path)
-    return load_weights(exp.new_model(), path)
+    return exp.task.load_model(exp, path)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -82,15 +93,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     from salun.data import DATASETS
     from salun.methods import list_methods
     from salun.models import MODELS
+    from salun.registry import TASKS
 
-    tables = {
-        "methods": list_methods(),
-        "ddpm-methods": list_methods("ddpm"),
-        "text_to_image-methods": list_methods("text_to_image"),
-        "models": list(MODELS),
-        "datasets": list(DATASETS),
-        "presets": preset_names(),
-    }
+    tables = {"methods": list_methods(), "tasks": TASKS.names()}
+    for task in TASKS.names():
+        tables[f"{task}-methods"] = list_methods(task)
+    tables.update(models=list(MODELS), datasets=list(DATASETS), presets=preset_names())
     if args.what != "all" and args.what not in tables:
         raise SalunError(f"unknown list {args.what!r}; allowed: all, {', '.join(tables)}")
     for name, values in tables.items():
@@ -108,33 +116,22 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from salun.config import save_config
-    from salun.io import check_out, staged_folder, write_json  # lazy: salun --help stays torch-free
-    from salun.run import evaluate, prepare, run_log, save_weights, train_model, versions
+    from salun.io import check_out, write_json  # lazy: salun --help stays torch-free
+    from salun.run import check_finite_weights, prepare, run_folder, train_model, versions
 
     check_out(args.out, args.overwrite)
     cfg = _config(args)
-    if cfg.task == "text_to_image":
-        raise SalunError(
-            "task text_to_image fine-tunes an existing pipeline (text_to_image.pipeline); "
-            "`salun demo --task text_to_image` trains the small demo pipeline"
-        )
+    runs = _task(cfg.task).pipeline
+    if runs is not None:
+        runs.run_train(cfg, args.out)
     exp = prepare(cfg, args.split)
-    with staged_folder(args.out) as out, run_log(out):
+    with run_folder(args.out) as out:
         save_config(cfg, out / "config.yaml")
         exp.split.save(out / "split.json")
         model, info = train_model(exp, args.kind)
-        if cfg.task == "ddpm":
-            from salun.ddpm import evaluate_ddpm, save_ddpm
-            from salun.eval.generation import save_grid
-
-            save_ddpm(model, exp, out / "model")
-            target = Path(args.out) / "model"
-            metrics, images, labels = evaluate_ddpm(exp, model)
-            save_grid(images, labels, out / "samples.png")
-        else:
-            save_weights(model, out / "model.safetensors")
-            target = Path(args.out) / "model.safetensors"
-            metrics = evaluate(exp, model)
+        check_finite_weights(model)
+        target = Path(args.out) / exp.task.save_model(exp, model, out).relative_to(out)
+        metrics = exp.task.evaluate(exp, model, out, "samples")
         write_json(
             out / "metrics.json",
             {
@@ -150,6 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "train_mse" in info
         else f"train accuracy {info['train_acc']:.2f}%"
     )
+    _print_cache(args.kind, info)
     print(f"{args.kind} model: {fit_figure}  -> {target}")
     _print_metrics("evaluation on the split:", metrics)
     return 0
@@ -157,28 +155,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_mask(args: argparse.Namespace) -> int:
     from salun.config import save_config
-    from salun.io import check_out, staged_folder  # lazy: salun --help stays torch-free
-    from salun.run import prepare, run_log, train_model
+    from salun.io import check_out  # lazy: salun --help stays torch-free
+    from salun.run import prepare, run_folder, train_model
     from salun.saliency import compute_saliency_mask
 
     check_out(args.out, args.overwrite)
     cfg = _config(args)
-    if cfg.task == "text_to_image":
-        from salun.t2i_run import run_mask_t2i
-
-        mask = run_mask_t2i(cfg, args.out, args.model)
-        print(
-            f"mask: {mask.selected} of {mask.total} UNet weights salient "
-            f"({100 * mask.fraction:.2f}%) -> {Path(args.out) / 'mask.safetensors'}"
-        )
+    runs = _task(cfg.task).pipeline
+    if runs is not None:
+        mask = runs.run_mask(cfg, args.out, args.model)
+        print(runs.mask_line(mask, args.out))
         return 0
     exp = prepare(cfg, args.split)
     model = _load(exp, args.model) if args.model else None
-    with staged_folder(args.out) as out, run_log(out):
+    with run_folder(args.out) as out:
         save_config(cfg, out / "config.yaml")
         exp.split.save(out / "split.json")
         if model is None:
-            model, _ = train_model(exp, "original")
+            model, info = train_model(exp, "original")
+            _print_cache("original", info)
         m = cfg.mask
         mask = compute_saliency_mask(
             model, exp.forget, exp.task, m.ratio, m.per_layer, m.batch_size, exp.split.hash
@@ -205,17 +200,13 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         force=args.force,
     )
-    if cfg.task == "text_to_image":
-        print(
-            f"{cfg.unlearn.method} on {r['pipeline']}, seed {cfg.seed}: "
-            f"RTE {r['run']['rte_seconds']:.2f}s"
-        )
-        print(f"  noise MSE forget {r['forget_mse']:.4f}  retain {r['retain_mse']:.4f}")
-        if "nudity" in r:
-            for th, v in r["nudity"].get("per_threshold", {}).items():
-                print(f"  NudeNet >= {th}: {v.get('images_flagged')} images flagged")
-        print(f"run folder: {args.out} (model/ is a diffusers pipeline)")
+    runs = _task(cfg.task).pipeline
+    if runs is not None:
+        print("\n".join(runs.unlearn_lines(cfg, r, args.out)))
         return 0
+    _print_cache("original", r["original"]["info"])
+    if "retrain" in r:
+        _print_cache("retrain", r["retrain"]["info"])
     print(
         f"{cfg.unlearn.method} on {cfg.data.name} ({cfg.data.scenario}), seed {cfg.seed}: "
         f"RTE {r['run']['rte_seconds']:.2f}s"
@@ -250,8 +241,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from salun.run import evaluate, prepare
 
     cfg = _config(args)
-    if cfg.task == "text_to_image":
-        raise SalunError("salun eval has no text_to_image evaluation yet; use salun unlearn")
+    runs = _task(cfg.task).pipeline
+    if runs is not None:
+        runs.run_eval(cfg)
     exp = prepare(cfg, args.split)
     model = _load(exp, args.model)
     metrics = evaluate(exp, model)
@@ -261,9 +253,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             {"checkpoint": args.model, "metrics": metrics, "split_hash": exp.split.hash},
         )
     if args.json:
-        keys = (
-            ("UA", "other_acc", "FID") if cfg.task == "ddpm" else ("UA", "MIA-Efficacy", "RA", "TA")
-        )
+        keys = exp.task.headline
         print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
     else:
         _print_metrics(f"{args.model}:", metrics)
@@ -271,44 +261,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from salun.demo import run_demo
+    import importlib
+    import inspect
 
-    if args.task == "text_to_image":
-        from salun.t2i_demo import run_t2i_demo
-
-        out = args.out if args.out != "runs/demo" else "runs/demo-sd"
-        r = run_t2i_demo(out, seed=args.seed, progress=not args.no_progress, overrides=args.items)
-        print(f"\n## {r['title']}\n")
-        print(r["table"])
-        print(f"\nreport.md, metrics.json and grids (grid_*.png) under {out}")
-        return 0
-    if args.task == "ddpm":
-        from salun.ddpm import run_ddpm_demo
-
-        out = args.out if args.out != "runs/demo" else "runs/demo-ddpm"
-        r = run_ddpm_demo(
-            out,
-            seed=args.seed,
-            progress=not args.no_progress,
-            overrides=args.items,
-            retrain=args.retrain,
-        )
-        print(f"\n## {r['title']}\n")
-        print(r["table"])
-        print(f"\nreport.md, metrics.json and sample grids (grid_*.png) under {out}")
-        return 0
-
-    results = run_demo(
-        args.out,
-        seed=args.seed,
-        dataset=args.dataset,
-        progress=not args.no_progress,
-        overrides=args.items,
-    )
-    for r in results:
-        print(f"\n## {r['title']}\n")
-        print(r["table"])
-    print(f"\nreports, metrics.json and gaps.png under {args.out}")
+    task = _task(args.task)
+    module, name = task.demo.split(":")
+    run = getattr(importlib.import_module(module), name)
+    out = args.out if args.out != "runs/demo" else task.demo_out
+    offered = {
+        "seed": args.seed,
+        "dataset": args.dataset,
+        "progress": not args.no_progress,
+        "overrides": args.items,
+        "retrain": args.retrain,
+    }
+    accepted = inspect.signature(run).parameters
+    r = run(out, **{k: v for k, v in offered.items() if k in accepted})
+    for one in r if isinstance(r, list) else [r]:
+        print(f"\n## {one['title']}\n")
+        print(one["table"])
+    print(f"\n{task.demo_files} under {out}")
     return 0
 
 
@@ -476,9 +448,13 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--split", help="use this split.json instead of drawing one")
     p.add_argument(
         "--task",
-        choices=["classification", "ddpm", "text_to_image"],
-        help="model family (ddpm: class-conditional diffusion, default preset demo-ddpm; "
-        "text_to_image: Stable Diffusion, default preset demo-sd)",
+        help="a registered task (salun list tasks): classification, ddpm (class-conditional "
+        "diffusion, default preset demo-ddpm), text_to_image (default preset demo-sd)",
+    )
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="re-train cached models (original, Retrain, judge) and replace their cache entries",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     if out:
@@ -536,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=8, help="samples per class")
     p.add_argument("--guidance", type=float, help="CFG weight w (default: the model's)")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--sampler", default="ddim", help="ddim (default) or ddpm (ancestral)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)
@@ -596,9 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default="auto", help="auto, fashion-mnist or digits")
-    p.add_argument(
-        "--task", default="classification", choices=["classification", "ddpm", "text_to_image"]
-    )
+    p.add_argument("--task", default="classification", help="a registered task (salun list tasks)")
     p.add_argument("--retrain", action="store_true", help="ddpm: also train Retrain (slower)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -19,7 +19,6 @@ from salun.checks import check_value, field_types
 from salun.errors import SalunError, unknown_choice
 
 SCENARIOS = ("random", "class")
-TASKS = ("classification", "ddpm", "text_to_image")
 SCHEDULES = ("constant", "step", "cosine")
 OPTIMIZERS = ("sgd", "adam", "adamw", "adam8bit")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -180,7 +179,7 @@ class Config:
     device: str = "auto"
     progress: bool = True
     threads: int | None = None
-    task: str = "classification"  # classification | ddpm | text_to_image
+    task: str = "classification"  # a registered task (salun list tasks)
     cache_dir: str = "runs/cache"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -352,13 +351,18 @@ def _check_recipe(t: TrainConfig, where: str) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Check names and ranges that can be checked without loading data."""
+    """Check names and ranges that can be checked without loading data.
+
+    Checks that need a registered object (the task's section, the method's parameters and mask
+    choice, a bench grid) come from :data:`salun.registry.CONFIG_CHECKS`, registered by the
+    packages that own those objects: this module knows no methods and no tasks.
+    """
     from salun.data import DATASETS
-    from salun.methods import check_task, get_method
     from salun.models import MODELS
+    from salun.registry import CONFIG_CHECKS, TASKS
 
     _check_ranges(cfg)
-    _check_choice("task", cfg.task, TASKS)
+    _check_choice("task", cfg.task, tuple(TASKS.names()))
     _check_choice("dataset", cfg.data.name, DATASETS)
     _check_choice("model", cfg.model.name, MODELS)
     _check_choice("scenario", cfg.data.scenario, SCENARIOS)
@@ -384,73 +388,18 @@ def validate(cfg: Config) -> Config:
     if not isinstance(ce, int) or isinstance(ce, bool) or ce < 0:
         raise SalunError(f"runtime.checkpoint_every must be an integer >= 0, got {ce!r}")
     _check_recipe(cfg.retrain_recipe, "retrain")
-    if cfg.task == "ddpm":
-        _check_diffusion(cfg)
-    if cfg.task == "text_to_image":
-        from salun.t2i_run import check_config
-
-        check_config(cfg)
-    method = get_method(cfg.unlearn.method, **cfg.unlearn.params)  # validates name and params
-    check_task(cfg.unlearn.method, cfg.task)
-    _check_mask_choice(cfg, method)
-    cfg.unlearn.params = {
-        k: list(v) if isinstance(v, tuple) else v
-        for k, v in ((k, getattr(method, k)) for k in cfg.unlearn.params)
-    }
-    if cfg.bench is not None:
-        from salun.bench.grid import expand_grid
-
-        expand_grid(cfg)  # every run of the grid must be valid before any starts
+    for name in CONFIG_ORDER:
+        CONFIG_CHECKS.get(name)(cfg)
     return cfg
 
 
-def _check_mask_choice(cfg: Config, method: Any) -> None:
-    """A method that requires a mask (SalUn) refuses use_mask=false and a second mask ratio."""
-    if not getattr(type(method), "requires_mask", False):
-        return
-    name = cfg.unlearn.method
-    if cfg.unlearn.use_mask is False:
-        raise SalunError(
-            f"unlearn.use_mask=false: method {name!r} is defined by its saliency mask (without "
-            "one it is random labelling); use unlearn.method=rl, or drop use_mask"
-        )
-    ratio = cfg.unlearn.params.get("mask_ratio")
-    if ratio is not None and float(ratio) != float(cfg.mask.ratio):
-        raise SalunError(
-            f"unlearn.params.mask_ratio={ratio} conflicts with mask.ratio={cfg.mask.ratio}: "
-            "the pipeline's mask uses mask.ratio; set mask.ratio only"
-        )
+#: The order of the registered checks: the task's section, the method, the bench grid.
+CONFIG_ORDER = ("task", "method", "bench")
 
 
-def _check_diffusion(cfg: Config) -> None:
-    from salun.models import MODELS
-    from salun.tasks.ddpm import BETA_SCHEDULES, RELABEL, SAMPLERS, TARGETS
-
-    g = cfg.diffusion
-    if cfg.data.scenario != "class":
-        raise SalunError(
-            f"task ddpm erases a class: data.scenario must be 'class', got {cfg.data.scenario!r}"
-        )
-    if cfg.eval.ulira or cfg.eval.epsilon:
-        raise SalunError(
-            "eval.ulira and eval.epsilon attack classifiers; turn them off for task ddpm"
-        )
-    if cfg.bench is not None:
-        raise SalunError("salun bench runs classification studies; task ddpm has no bench yet")
-    _check_choice("diffusion.beta_schedule", g.beta_schedule, tuple(BETA_SCHEDULES))
-    _check_choice("diffusion.sampler", g.sampler, SAMPLERS)
-    _check_choice("diffusion.relabel", g.relabel, RELABEL)
-    _check_choice("diffusion.target", g.target, TARGETS)
-    _check_choice("diffusion.judge_model", g.judge_model, MODELS)
-    if not 0 <= g.p_uncond < 1:
-        raise SalunError(f"diffusion.p_uncond must be in [0, 1), got {g.p_uncond!r}")
-    if g.timesteps < 2 or g.sample_steps < 1 or g.samples_per_class < 1:
-        raise SalunError(
-            "diffusion.timesteps must be >= 2, sample_steps and samples_per_class >= 1 (got "
-            f"{g.timesteps}, {g.sample_steps}, {g.samples_per_class})"
-        )
-    if not g.widths or any(not isinstance(w, int) or w < 8 or w % 8 for w in g.widths):
-        raise SalunError(f"diffusion.widths must be multiples of 8, got {g.widths!r}")
+def check_choice(kind: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """One-line error unless ``value`` is one of ``allowed`` (for the registered checks)."""
+    _check_choice(kind, value, allowed)
 
 
 MAX_SEED = 2**32 - 1

@@ -14,6 +14,7 @@ from salun.errors import SalunError
 from salun.eval import avg_gap
 from salun.eval.classification import DEFINITIONS, EVAL_VERSION
 from salun.io import write_json, write_text
+from salun.methods import wants_mask
 from salun.report import floor_note, gap_bar_chart, markdown_table
 from salun.run import (
     evaluate,
@@ -89,8 +90,7 @@ def run_scenario(cfg: Config, out: Path, methods: dict[str, dict[str, Any]]) -> 
         ]
         runs: dict[str, Any] = {}
         for name, params in methods.items():
-            model, info = unlearn_once(exp, original, name, params, mask=name == "salun")
-            info.pop("_mask_obj", None)
+            model, info = unlearn_once(exp, original, name, params, mask=wants_mask(name))
             calibration = info.pop("_calibration", None)
             if calibration and "skipped" not in calibration:
                 save_calibration(out / name, calibration)

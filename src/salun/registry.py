@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -14,9 +15,17 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named table of objects; unknown names fail with the closest suggestions."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, source: str | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._source = source  # the package whose import registers the entries
+
+    def _load(self) -> None:
+        """Import the package that registers the entries (plugin discovery, as entry points do:
+        a module that only reads the table does not depend on the entries' code)."""
+        if self._source is not None:
+            source, self._source = self._source, None
+            importlib.import_module(source)
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -28,15 +37,30 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        self._load()
         if name not in self._items:
             raise unknown_choice(self.kind, name, self._items)
         return self._items[name]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: Any) -> bool:
+        self._load()
         return name in self._items
 
 
-METHODS: Registry[type] = Registry("method")
+METHODS: Registry[type] = Registry("method", "salun.methods")
+
+
+TASKS: Registry[Any] = Registry("task", "salun.tasks")
+"""Tasks (model families): classes implementing :class:`salun.tasks.base.Task`, registered by
+the modules of :mod:`salun.tasks` (``@TASKS.register("name")``). The pipeline and the CLI find
+a task here by the name in ``cfg.task`` and never branch on it."""
+
+
+CONFIG_CHECKS: Registry[Callable[[Any], None]] = Registry("config check", "salun.checks_all")
+"""Checks of a whole configuration that need a registered object (a method's parameters, a
+task's section, a bench grid). :func:`salun.config.validate` runs them all; the packages that
+own the objects register them, so the configuration module knows no methods or tasks."""

@@ -20,14 +20,14 @@ def run(base: str, *items: str) -> int:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     kept = {}
-    real = salun.run.unlearn_once
+    real = salun.run.unlearn_masked
 
     def spy(*a, **k):
-        model, info = real(*a, **k)
-        kept["model"], kept["mask"] = model, info.get("_mask_obj")
-        return model, info
+        model, info, mask = real(*a, **k)
+        kept["model"], kept["mask"] = model, mask
+        return model, info, mask
 
-    salun.run.unlearn_once = spy
+    salun.run.unlearn_masked = spy
     rc = main(["unlearn", *items, "--out", str(Path(base) / f"run-rank{rank}")])
     tensors = {f"model.{k}": v.contiguous() for k, v in kept["model"].state_dict().items()}
     tensors.update({f"mask.{k}": v for k, v in kept["mask"].masks.items()})

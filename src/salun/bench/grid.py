@@ -14,6 +14,7 @@ from typing import Any
 
 from salun.config import Config, config_from_dict, parse_override
 from salun.errors import SalunError
+from salun.registry import CONFIG_CHECKS
 
 REFERENCE_KINDS = ("original", "retrain", "retrain_prime")
 
@@ -112,3 +113,10 @@ def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
     import copy
 
     return copy.deepcopy(tree)
+
+
+@CONFIG_CHECKS.register("bench")
+def check_bench_config(cfg: Config) -> None:
+    """Every run of the grid must be valid before any starts."""
+    if cfg.bench is not None:
+        expand_grid(cfg)

@@ -64,7 +64,6 @@ def execute(folder: Path) -> dict[str, Any]:
             model, run = unlearn_once(
                 exp, original, spec["method"], spec["params"], mask=method_uses_mask(cfg)
             )
-            run.pop("_mask_obj", None)
             save_calibration(folder, run.pop("_calibration", None))
         metrics = evaluate(exp, model)
         estimate = retrain_free_estimate(exp, original, model)

@@ -10,8 +10,6 @@ from salun.eval.classification import (
     compare_to_retrain,
     evaluate_classifier,
 )
-from salun.eval.epsilon import epsilon_score, forgetting_quality, retrain_population
-from salun.eval.lira import ulira
 from salun.eval.mia import mia_efficacy
 from salun.eval.mia_family import loss_lr_mia, mia_family, probabilities, svc_mia
 
@@ -20,10 +18,6 @@ __all__ = [
     "EVAL_VERSION",
     "avg_gap",
     "compare_to_retrain",
-    "epsilon_score",
-    "forgetting_quality",
-    "retrain_population",
-    "ulira",
     "evaluate_classifier",
     "l2_distance",
     "loss_lr_mia",

@@ -20,9 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from salun.errors import SalunError, require_extra, unknown_choice
 from salun.eval.fid import frechet_distance
 from salun.io import write_bytes
-from salun.tasks.ddpm import sample
+
+#: Samplers of :func:`sample`.
+SAMPLERS = ("ddim", "ddpm")
 
 GEN_EVAL_VERSION = "salun-gen-eval-1"
 
@@ -137,3 +140,56 @@ def save_grid(
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     write_bytes(path, buf.getvalue())
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    labels: torch.Tensor,
+    scheduler,
+    null_label: int,
+    guidance: float = 2.0,
+    steps: int = 50,
+    sampler: str = "ddim",
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Generate one image per label with classifier-free guidance; returns ``[0, 1]`` images.
+
+    eps_hat = (1 + w) * eps(x_t, c) - w * eps(x_t, null)  (Ho & Salimans, 2021), with the DDIM
+    (eta = 0, Song et al., ICLR 2021) or DDPM ancestral sampler on ``steps`` steps. Deterministic
+    for a seed: the initial noise and the DDPM step noise come from one seeded generator, and each
+    chunk of ``batch_size`` labels gets its own stream so results do not depend on chunking order.
+    """
+    require_extra("diffusers", "generation")
+    from diffusers import DDIMScheduler, DDPMScheduler
+    from tqdm.auto import tqdm
+
+    if sampler not in SAMPLERS:
+        raise unknown_choice("sampler", sampler, SAMPLERS)
+    if steps < 1:
+        raise SalunError(f"sampling steps must be >= 1, got {steps}")
+    cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+    sched = cls.from_config(scheduler.config)
+    sched.set_timesteps(steps)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    cfg: Any = model.config
+    shape = (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
+    out = []
+    chunks = list(torch.as_tensor(labels).long().split(batch_size))
+    for i, chunk in enumerate(tqdm(chunks, desc="sample", disable=not progress, leave=False)):
+        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
+        x = torch.randn((len(chunk), *shape), generator=g).to(device)
+        c = chunk.to(device)
+        both = torch.cat([c, torch.full_like(c, null_label)])
+        for t in sched.timesteps:
+            eps_c, eps_u = model(torch.cat([x, x]), t, class_labels=both).sample.chunk(2)
+            eps = (1 + guidance) * eps_c - guidance * eps_u
+            kwargs = {"generator": g} if sampler == "ddpm" else {}
+            x = sched.step(eps, t, x, **kwargs).prev_sample
+        out.append(((x.clamp(-1, 1) + 1) / 2).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros((0, *shape))

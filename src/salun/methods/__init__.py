@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from salun.checks import check_value, field_types
 from salun.errors import SalunError, unknown_choice
-from salun.registry import METHODS
+from salun.registry import CONFIG_CHECKS, METHODS
 
 #: Tasks a method runs on when it only calls ``task.loss`` / ``task.relabel`` / ``task.loader``.
 GENERIC_TASKS: tuple[str, ...] = ("classification", "ddpm", "text_to_image")
@@ -71,7 +71,20 @@ def get_method(name: str, **params: Any):
 def list_methods(task: str | None = None) -> list[str]:
     """Registered method names, or those that support ``task``."""
     names = METHODS.names()
-    return names if task is None else [n for n in names if task in method_tasks(METHODS.get(n))]
+    if task is None:
+        return names
+    family = methods_family(task)
+    return [n for n in names if family in method_tasks(METHODS.get(n))]
+
+
+def methods_family(task_name: str) -> str:
+    """The task name methods declare support for: a registered task may take the methods of
+    another (``methods_like = "classification"``: its objective behaves like that one's)."""
+    from salun.registry import TASKS
+
+    if task_name in TASKS:
+        return str(getattr(TASKS.get(task_name), "methods_like", None) or task_name)
+    return task_name
 
 
 def method_tasks(method: Any) -> tuple[str, ...]:
@@ -82,7 +95,7 @@ def method_tasks(method: Any) -> tuple[str, ...]:
 def check_task(name: str, task_name: str) -> None:
     """Fail with one line when method ``name`` does not support ``task_name``."""
     cls = METHODS.get(name)
-    if task_name not in method_tasks(cls):
+    if methods_family(task_name) not in method_tasks(cls):
         allowed = ", ".join(list_methods(task_name))
         raise SalunError(
             f"method {name!r} does not support task {task_name!r}; methods for {task_name}: {allowed}"
@@ -102,6 +115,59 @@ def require_nonempty(data: UnlearnData, forget: bool = True, retain: bool = True
         raise SalunError("the retain set is empty")
 
 
+# -- the mask policy ---------------------------------------------------------------------------
+#: What a method does with a saliency mask, declared as ``mask_policy`` on its class:
+#: ``required`` (defined by its mask: SalUn), ``optional`` (masked when asked: ``use_mask=true``
+#: or a ``--mask`` file), ``refused`` (cannot use one: Retrain trains a fresh model).
+MASK_POLICIES = ("required", "optional", "refused")
+
+
+def mask_policy(method: Any) -> str:
+    """The mask policy of a method (class or instance); ``optional`` unless it declares one."""
+    policy = getattr(method, "mask_policy", "optional")
+    if policy not in MASK_POLICIES:
+        raise unknown_choice("mask_policy", policy, MASK_POLICIES)
+    return str(policy)
+
+
+def wants_mask(name: str, use_mask: bool | None = None) -> bool:
+    """The one mask decision: does method ``name`` run with a saliency mask, given the user's
+    ``use_mask`` (None: the method's own choice)? A contradiction is a one-line error."""
+    cls = METHODS.get(name)
+    policy = mask_policy(cls)
+    if policy == "required":
+        if use_mask is False:
+            raise SalunError(
+                f"unlearn.use_mask=false: method {name!r} is defined by its saliency mask "
+                "(without one it is random labelling); use unlearn.method=rl, or drop use_mask"
+            )
+        return True
+    if policy == "refused":
+        if use_mask:
+            raise SalunError(f"method {name!r} cannot use a saliency mask; drop use_mask")
+        return False
+    return bool(use_mask)
+
+
+@CONFIG_CHECKS.register("method")
+def check_method_config(cfg: Any) -> None:
+    """The method's name, parameters, task and mask choice (one-line errors)."""
+    method = get_method(cfg.unlearn.method, **cfg.unlearn.params)  # validates name and params
+    check_task(cfg.unlearn.method, cfg.task)
+    wants_mask(cfg.unlearn.method, cfg.unlearn.use_mask)
+    if mask_policy(method) == "required":
+        ratio = cfg.unlearn.params.get("mask_ratio")
+        if ratio is not None and float(ratio) != float(cfg.mask.ratio):
+            raise SalunError(
+                f"unlearn.params.mask_ratio={ratio} conflicts with mask.ratio={cfg.mask.ratio}: "
+                "the pipeline's mask uses mask.ratio; set mask.ratio only"
+            )
+    cfg.unlearn.params = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in ((k, getattr(method, k)) for k in cfg.unlearn.params)
+    }
+
+
 def _import_all() -> None:
     """Import every module of this package so that each method registers itself."""
     import importlib
@@ -116,11 +182,14 @@ _import_all()
 
 __all__ = [
     "GENERIC_TASKS",
+    "MASK_POLICIES",
     "UnlearnData",
     "check_task",
     "get_method",
     "list_methods",
+    "mask_policy",
     "method_params",
     "method_tasks",
     "run_method",
+    "wants_mask",
 ]

@@ -43,14 +43,13 @@ def unresettable(model: nn.Module) -> list[str]:
 @METHODS.register("retrain")
 @dataclass
 class Retrain(Optim):
+    mask_policy: ClassVar[str] = "refused"  # a fresh model: nothing to mask
     # not text_to_image: retraining Stable Diffusion from scratch is not a baseline anyone runs
     tasks: ClassVar[tuple[str, ...]] = tuple(t for t in GENERIC_TASKS if t != "text_to_image")
     epochs: int = 20
     lr: float = 0.1
     batch_size: int = 128
     schedule: str = "cosine"
-    accepts_mask: ClassVar[bool] = False
-    mask: ClassVar[str] = "refused"
     # Set per instance by salun.unlearn(init_fn=...): not a hyperparameter, never in a config.
     # A Callable[[nn.Module], None] (typed Any: mypy would read a callable ClassVar as a method)
     init_fn: ClassVar[Any] = None

@@ -54,8 +54,7 @@ class SalUn(Optim):
     # lr multipliers tried by the calibration; reaching down to 0.1 x lr keeps large random
     # forget sets (50 %) from being wrecked (first matrix run: every lr of (0.5, 1, 2) did)
     lr_grid: tuple[float, ...] = (0.1, 0.3, 1.0)
-    uses_mask: ClassVar[bool] = True
-    requires_mask: ClassVar[bool] = True
+    mask_policy: ClassVar[str] = "required"  # SalUn is defined by its saliency mask
 
     def check(self) -> None:
         super().check()

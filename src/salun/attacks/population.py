@@ -1,9 +1,9 @@
 """Populations of models for attack-based unlearning evaluation.
 
 Shared by U-LiRA (Hayes et al., "Inexact Unlearning Needs More Careful Evaluations to Avoid a
-False Sense of Privacy", 2024; :mod:`salun.eval.lira`) and the NeurIPS 2023 Machine Unlearning
+False Sense of Privacy", 2024; :mod:`salun.attacks.lira`) and the NeurIPS 2023 Machine Unlearning
 Challenge score (Triantafillou et al., "Are we making progress in unlearning? Findings from the
-first NeurIPS unlearning competition", 2024; :mod:`salun.eval.epsilon`). Objective: train and
+first NeurIPS unlearning competition", 2024; :mod:`salun.attacks.epsilon`). Objective: train and
 unlearn many seeded models under one protocol and read one scalar per (model, example) from each.
 
 *Pool keys* name examples of both parts of a dataset: key ``k < len(bundle.train)`` is training
@@ -102,7 +102,7 @@ def quiet_task(exp):
 
 
 def _seed_all(seed: int) -> None:
-    from salun.run import seed_everything  # salun.run imports salun.eval: import late
+    from salun.experiment import seed_everything
 
     seed_everything(int(seed))
 
@@ -121,42 +121,41 @@ def train_on(
     are cached in ``cfg.cache_dir`` by (data, indices, model, recipe, seed), so the U-LiRA
     shadows and retrained references of one split are trained once for every method.
     """
-    from salun.run import load_weights, recipe_optim, save_weights  # import late (cycle)
+    from salun.experiment import cached_train, recipe_optim
 
     recipe = exp.cfg.train if recipe is None else recipe
     path = _population_model_path(exp, indices, seed, recipe)
-    model = exp.new_model(seed)
-    if path is not None and path.is_file():
-        return load_weights(model, path).eval()
     data = pool_dataset(exp, indices)
     if len(data) == 0:
         raise SalunError("cannot train a population model on an empty set of examples")
-    task = quiet_task(exp)
-    _seed_all(seed)
-    loader = task.loader(data, recipe.batch_size, True, seed)
-    fit(model, lambda e: [(loader, task.loss)], recipe_optim(recipe), None, False, desc)
-    if path is not None:
-        save_weights(model, path)
-    return model
+
+    def train(model: nn.Module) -> dict[str, Any]:
+        task = quiet_task(exp)
+        _seed_all(seed)
+        loader = task.loader(data, recipe.batch_size, True, seed)
+        fit(model, lambda e: [(loader, task.loss)], recipe_optim(recipe), None, False, desc)
+        return {"seed": int(seed)}
+
+    model, info = cached_train(desc, path, exp.new_model(seed), train)
+    return model.eval() if info["cache_hit"] else model
 
 
 def _population_model_path(exp, indices, seed: int, recipe: TrainConfig) -> Path | None:
     c = exp.cfg
     if not c.cache_dir:
         return None
-    key = hash_obj(
-        {
-            "kind": "population-model",
-            "dataset": c.data.name,
-            "image_size": c.data.image_size,
-            "pool": hash_obj(exp.split.train.tolist() + exp.split.test.tolist()),
-            "indices": hash_obj(np.asarray(indices).tolist()),
-            "model": dataclasses.asdict(c.model),
-            "recipe": dataclasses.asdict(recipe),
-            "seed": int(seed),
-            "torch": torch.__version__.split("+")[0],
-        }
-    )[:20]
+    from salun.experiment import cache_key
+
+    key = cache_key(
+        "population-model",
+        dataset=c.data.name,
+        image_size=c.data.image_size,
+        pool=hash_obj(exp.split.train.tolist() + exp.split.test.tolist()),
+        indices=hash_obj(np.asarray(indices).tolist()),
+        model=dataclasses.asdict(c.model),
+        recipe=dataclasses.asdict(recipe),
+        seed=int(seed),
+    )
     return Path(c.cache_dir) / "population" / f"model-{key}.safetensors"
 
 

@@ -53,9 +53,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from salun.errors import SalunError
-from salun.eval.accuracy import predict
-from salun.eval.population import (
+from salun.attacks.population import (
     NOOP,
     RETRAIN,
     logit_confidences,
@@ -65,6 +63,8 @@ from salun.eval.population import (
     train_on,
     unlearn_copy,
 )
+from salun.errors import SalunError
+from salun.eval.accuracy import predict
 from salun.saliency import SaliencyMask
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def retrain_population(exp, n_models: int = 4, seed: int | None = None) -> Popul
     """N models trained from scratch on D_r (retrain recipe), seeds from stream 'eps-retrain'.
 
     Reusable across methods: pass it as ``reference`` to :func:`epsilon_score`. The models come
-    from the population cache of :func:`salun.eval.population.train_on`, so every method (and
+    from the population cache of :func:`salun.attacks.population.train_on`, so every method (and
     every bench run) on the same split shares one trained population.
     """
     seed = exp.cfg.seed if seed is None else seed
@@ -276,7 +276,7 @@ def unlearn_population(
     ``original`` defaults to the pipeline's (cached) original model. A mask, when used, is
     computed once on the original: it is the same for every run.
     """
-    from salun.run import train_model  # salun.run imports salun.eval: import late
+    from salun.experiment import train_model
 
     seed = exp.cfg.seed if seed is None else seed
     seeds = model_seeds(seed, n_models, "eps-unlearn")

@@ -57,8 +57,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from salun.errors import SalunError
-from salun.eval.population import (
+from salun.attacks.population import (
     NOOP,
     RETRAIN,
     logit_confidences,
@@ -68,6 +67,7 @@ from salun.eval.population import (
     train_on,
     unlearn_copy,
 )
+from salun.errors import SalunError
 
 log = logging.getLogger(__name__)
 
