@@ -65,7 +65,7 @@ def _acc(model, x, y) -> float:
 
 def test_the_doc_method_registers_and_runs_through_the_api(toy_module, digits):
     assert "toy_ga" in salun.list_methods() and "toy_ga" in salun.list_methods("ddpm")
-    assert toy_module.ToyGA.mask == "optional"
+    assert toy_module.ToyGA.mask_policy == "optional"
     original, xf, yf, xr, yr = digits
     model = copy.deepcopy(original)
     # step 5 of the doc, as written, with the names it uses

@@ -8,7 +8,8 @@ the members below, so adding a task never touches them (see ``docs/adding-a-task
 Four groups of members:
 
 - **objective** (what methods call): ``loss``, ``forget_loss``, ``relabel``;
-- **data**: ``loader``, ``labels_of`` (and ``batch``, the batch adapter);
+- **data**: ``loader``, ``labels_of``, ``batch`` (the batch adapter) and ``logits`` (the output
+  adapter; classifier tasks: the classification evaluators call it, generators need not);
 - **model**: ``build_model``, ``load_model``, ``save_model``, ``cache_fields`` (the model's
   part of the cache key), ``fit_summary`` (what a trained model records);
 - **evaluation**: ``evaluate`` (the task's metrics), ``compare`` (the reference comparison of
@@ -67,6 +68,11 @@ class Task(Protocol):
 
     # -- data -----------------------------------------------------------------------------------
     def batch(self, batch: Any) -> Any: ...
+
+    def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The output adapter: the model's scores on inputs ``x`` (classifiers: logits; the
+        evaluators and the methods never call ``model(x)`` themselves)."""
+        ...
 
     def loader(
         self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0
