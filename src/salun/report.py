@@ -72,3 +72,139 @@ def gap_bar_chart(rows: Sequence[dict[str, Any]], path: str | Path, title: str) 
     ax.legend(fontsize=7, ncols=len(metrics), loc="upper center", bbox_to_anchor=(0.5, -0.22))
     fig.tight_layout()
     save_figure(path, lambda p: fig.savefig(p, format="png"))
+
+
+#: Classes per dataset, for the chance level of a collapsed model.
+NUM_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
+#: A model whose RA or TA is within this many points of chance (100 / classes) has collapsed.
+COLLAPSE_MARGIN = 10.0
+
+
+def collapsed(metrics: dict[str, Any], num_classes: int, margin: float = COLLAPSE_MARGIN) -> bool:
+    """Whether a classifier collapsed while forgetting: its retain (RA) or test (TA) accuracy is
+    within ``margin`` points of chance, 100 / ``num_classes``. Its UA and MIA-Efficacy then say
+    nothing about forgetting (a model that is right about nothing "forgets" everything)."""
+    chance = 100.0 / num_classes
+    return any(
+        isinstance(metrics.get(k), int | float) and metrics[k] <= chance + margin
+        for k in ("RA", "TA")
+    )
+
+
+def collapse_note(num_classes: int, margin: float = COLLAPSE_MARGIN) -> str:
+    chance = 100.0 / num_classes
+    return (
+        f"† collapsed: RA or TA within {margin:.0f} points of chance ({chance:.0f} % for "
+        f"{num_classes} classes) on the seeds named; the model forgot by breaking, so its UA and "
+        "MIA-Efficacy do not measure forgetting."
+    )
+
+
+def _demo_results(folder: Path) -> list[dict[str, Any]]:
+    """The scenarios' metrics.json of one ``salun demo --out`` folder (sorted by name)."""
+    import json
+
+    out = []
+    for path in sorted(folder.glob("*/metrics.json")):
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and "rows" in m and "scenario" in m:
+            out.append(m)
+    return out
+
+
+def is_demo_folder(folder: str | Path) -> bool:
+    """A folder written by ``salun demo --out`` (scenario folders with a demo metrics.json)."""
+    folder = Path(folder)
+    return folder.is_dir() and bool(_demo_results(folder))
+
+
+def _mean_std(values: list[float]) -> str:
+    import statistics
+
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}"
+    return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+
+def demo_report(folders: Sequence[str | Path]) -> str:
+    """Markdown tables of one or more demo folders: per scenario, mean ± std (sample std) over
+    the seeds found (each folder one ``salun demo --seed S`` run), rows in the demo's order.
+    Rows whose model collapsed on a seed (:func:`collapsed`) are marked † with a footnote."""
+    from salun.catalog import display_name
+    from salun.errors import SalunError
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise SalunError(f"folder {str(folder)!r} does not exist")
+        results = _demo_results(folder)
+        if not results:
+            raise SalunError(
+                f"{str(folder)!r} holds no demo results (DIR/SCENARIO/metrics.json); "
+                f"run 'salun demo --out {folder}' first, or give a bench folder alone"
+            )
+        for r in results:
+            groups.setdefault((r.get("dataset", "?"), r["scenario"]), []).append(r)
+    columns = ("UA", "MIA-Efficacy", "RA", "TA", "Avg. Gap", "RTE (s)")
+    parts = []
+    for (dataset, _), runs in groups.items():
+        runs = sorted(runs, key=lambda r: r.get("seed", 0))
+        seeds = [r.get("seed") for r in runs]
+        k = NUM_CLASSES.get(dataset, 10)
+        names: list[str] = []
+        for r in runs:
+            for row in r["rows"]:
+                if row["name"] not in names:
+                    names.append(row["name"])
+        acc = _mean_std([r["original"]["info"].get("train_acc", math.nan) for r in runs])
+        title = runs[0]["title"] if len(runs) == 1 else _scenario_title(runs[0], seeds)
+        lines = [f"## {title}", ""]
+        if len(runs) > 1:
+            lines += [f"Original train acc {acc} %.", ""]
+        lines += [
+            "| method | " + " | ".join(columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        any_collapsed = False
+        for name in names:
+            rows = [(r.get("seed"), row) for r in runs for row in r["rows"] if row["name"] == name]
+            bad = [
+                s
+                for s, row in rows
+                if name not in ("Retrain", "Retrain' (noise floor)") and collapsed(row, k)
+            ]
+            cells = [_mean_std([row.get(c, math.nan) for _, row in rows]) for c in columns]
+            label = display_name(name)
+            if bad:
+                any_collapsed = True
+                label += f" † (seed {', '.join(str(s) for s in bad)})"
+            n = f" (n={len(rows)})" if len(rows) != len(runs) else ""
+            lines.append(f"| {label}{n} | " + " | ".join(cells) + " |")
+        if len(runs) > 1:
+            lines += [
+                "",
+                f"Mean ± sample std over seeds {seeds}; Avg. Gap per seed, then averaged.",
+            ]
+        if any_collapsed:
+            lines += ["", collapse_note(k)]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _scenario_title(r: dict[str, Any], seeds: list[Any]) -> str:
+    scenario = r["scenario"]
+    what = "random forgetting" if scenario == "random" else "class-wise forgetting"
+    sizes = r.get("sizes", {})
+    if scenario == "random" and sizes.get("train"):
+        what = f"random {100 * sizes['forget'] / sizes['train']:.0f} % forgetting"
+    forgotten = r.get("forget_class_name")
+    if scenario == "class" and forgotten:
+        what += f" (class {forgotten})"
+    return f"{r.get('dataset', '?')}, {what} ({len(seeds)} seeds: {seeds})"
