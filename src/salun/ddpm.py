@@ -10,6 +10,7 @@ Library code: it logs and returns tables; the CLI prints them.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import math
@@ -132,8 +133,12 @@ def load_ddpm(folder: str | Path):
     # folders resolved to absolute paths: a relative name is never taken for a Hub repo id
     kwargs = {"local_files_only": True}
     try:
+        # low_cpu_mem_usage needs accelerate; asking for it without accelerate only warns
         unet = UNet2DModel.from_pretrained(
-            str((folder / "unet").resolve()), use_safetensors=True, **kwargs
+            str((folder / "unet").resolve()),
+            use_safetensors=True,
+            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+            **kwargs,
         )
         scheduler = DDPMScheduler.from_pretrained(str((folder / "scheduler").resolve()), **kwargs)
     except Exception as e:  # diffusers raises several types for bad configs and weights
