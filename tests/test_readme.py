@@ -176,7 +176,7 @@ def test_readme_generation_block_runs_at_smoke_size(tmp_path, monkeypatch, capsy
     assert [x.split()[1] for x in generation] == ["train", "unlearn", "sample", "eval"]
     for line in generation:
         assert _main(line) == 0, f"{line}\n{capsys.readouterr().err[-2000:]}"
-    assert (tmp_path / "runs" / "samples" / "grid.png").is_file()
+    assert (tmp_path / "runs" / "samples" / "grid_esd.png").is_file()
     assert '"UA"' in capsys.readouterr().out  # eval --json
     # loading a DDPM folder says nothing about accelerate (it is not needed)
     import logging

@@ -143,7 +143,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             save_ddpm(model, exp, out / "model")
             target = Path(args.out) / "model"
             metrics, images, labels = evaluate_ddpm(exp, model)
-            save_grid(images, labels, out / "samples.png")
+            from salun.catalog import display_name
+
+            save_grid(
+                images,
+                labels,
+                out / f"grid_{args.kind}.png",
+                title=f"{display_name(args.kind)}: {cfg.data.name}",
+                class_names=list(exp.bundle.train.classes),
+            )
         else:
             save_weights(model, out / "model.safetensors")
             target = Path(args.out) / "model.safetensors"
@@ -366,15 +374,35 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with staged_folder(args.out) as out:
         _save_samples(out, images, labels, w, args)
     print(f"{len(labels)} samples (classes {classes}, w={w}, {args.sampler} {args.steps} steps)")
-    print(f"grid: {Path(args.out) / 'grid.png'}  tensors: {Path(args.out) / 'samples.safetensors'}")
+    grid = Path(args.out) / f"grid_{_model_name(args.model)}.png"
+    print(f"grid: {grid}  tensors: {Path(args.out) / 'samples.safetensors'}")
     return 0
 
 
+def _model_name(model: str) -> str:
+    """The method (or kind) that made a DDPM folder, from its run folder's metrics.json; grids
+    are named grid_<method>.png everywhere."""
+    try:
+        m = json.loads((Path(model).parent / "metrics.json").read_text(encoding="utf-8"))
+        name = str(m.get("method") or m.get("kind") or "model")
+    except (OSError, ValueError, AttributeError):
+        return "model"
+    return name if name.replace("_", "").isalnum() else "model"
+
+
 def _save_samples(out: Path, images, labels, w: float, args: argparse.Namespace) -> None:
+    from salun.catalog import display_name
     from salun.eval.generation import save_grid
     from salun.io import save_tensors
 
-    save_grid(images, labels, out / "grid.png", per_row=min(args.n, 16))
+    name = _model_name(args.model)
+    save_grid(
+        images,
+        labels,
+        out / f"grid_{name}.png",
+        per_row=min(args.n, 16),
+        title=f"{display_name(name)}: w={w}, {args.sampler} {args.steps} steps, seed {args.seed}",
+    )
     save_tensors(
         out / "samples.safetensors",
         {"images": images.contiguous(), "labels": labels},
@@ -638,11 +666,14 @@ def build_parser() -> argparse.ArgumentParser:
         "sample",
         "sample a class-conditional DDPM folder into a PNG grid",
         "Draw --n samples per class from a DDPM model folder with classifier-free guidance; "
-        "writes grid.png (one row per class) and samples.safetensors.",
+        "writes grid_<method>.png (one row per class; the method that made the model, or "
+        "model) and samples.safetensors.",
         "salun sample --model runs/ddpm/model --classes 0,1 --n 8 --out runs/samples",
     )
     p.add_argument("--model", required=True, help="DDPM folder (unet/, scheduler/, salun.json)")
-    p.add_argument("--out", required=True, help="folder for grid.png and samples.safetensors")
+    p.add_argument(
+        "--out", required=True, help="folder for grid_<method>.png and samples.safetensors"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--classes", help="comma-separated class indices (default: all)")
     p.add_argument("--n", type=int, default=8, help="samples per class (default 8)")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from salun.catalog import display_name
 from salun.config import Config, load_config, save_config
 from salun.data import IndexedDataset
 from salun.errors import SalunError, require_extra
@@ -341,7 +342,14 @@ def run_unlearn_ddpm(
             check_finite_weights(model, "the unlearned model")
             save_ddpm(model, exp, tmp / "model")
             metrics, images, labels = evaluate_ddpm(exp, model)
-            save_grid(images, labels, tmp / "samples.png")
+            names = list(exp.bundle.train.classes)
+            save_grid(
+                images,
+                labels,
+                tmp / f"grid_{cfg.unlearn.method}.png",
+                title=f"{display_name(cfg.unlearn.method)}: {cfg.data.name}",
+                class_names=names,
+            )
             result: dict[str, Any] = {
                 "task": "ddpm",
                 "method": cfg.unlearn.method,
@@ -356,7 +364,9 @@ def run_unlearn_ddpm(
             }
             if compare:
                 om, oimg, olab = evaluate_ddpm(exp, original)
-                save_grid(oimg, olab, tmp / "samples_original.png")
+                save_grid(
+                    oimg, olab, tmp / "grid_original.png", title="Original", class_names=names
+                )
                 result["original"]["metrics"] = om
             write_json(tmp / "metrics.json", result)
         write_audit(
@@ -421,21 +431,24 @@ def run_ddpm_demo(
         original, orig_info = train_model(exp, "original")
         judge, judge_info = judge_for(exp)
         om, img, lab = evaluate_ddpm(exp, original)
-        save_grid(img, lab, out / "grid_original.png")
+        names = list(exp.bundle.train.classes)
+        save_grid(img, lab, out / "grid_original.png", title="Original", class_names=names)
         rows = [_row("Original", om, orig_info.get("seconds"))]
         runs: dict[str, Any] = {"original": {"info": orig_info, "metrics": om}}
         if retrain:
             model, info = train_model(exp, "retrain")
             m, img, lab = evaluate_ddpm(exp, model)
-            save_grid(img, lab, out / "grid_retrain.png")
+            save_grid(img, lab, out / "grid_retrain.png", title="Retrain", class_names=names)
             rows.append(_row("Retrain", m, info.get("seconds")))
             runs["retrain"] = {"info": info, "metrics": m}
         for name, params in methods.items():
             model, info = unlearn_once(exp, original, name, params, mask=name == "salun")
             info.pop("_mask_obj", None)
             m, img, lab = evaluate_ddpm(exp, model)
-            save_grid(img, lab, out / f"grid_{name}.png")
-            rows.append(_row(name, m, info["rte_seconds"]))
+            save_grid(
+                img, lab, out / f"grid_{name}.png", title=display_name(name), class_names=names
+            )
+            rows.append(_row(display_name(name), m, info["rte_seconds"]))
             runs[name] = {"run": info, "metrics": m}
             log.info("%s: UA %.1f other-class acc %.1f", name, m["UA"], m["other_acc"])
         fc = om["forget_class"]
