@@ -55,21 +55,47 @@ def floor_note(floor: float, gap: float | None = None) -> str:
 
 
 def gap_bar_chart(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> None:
-    """Grouped bars of |method - Retrain| per metric, plus the Avg. Gap, one group a method."""
+    """Grouped bars of |method - Retrain| per metric plus the Avg. Gap, one group a method,
+    sorted by Avg. Gap (best first). The Retrain' row (the noise floor) and the original model
+    (the do-nothing gap) are drawn as horizontal lines at their Avg. Gap, not as bars; a zero
+    gap is drawn as a short black tick so it is visible."""
     from matplotlib.figure import Figure
 
     metrics = ["UA", "MIA-Efficacy", "RA", "TA", "Avg. Gap"]
     rows = [r for r in rows if r.get("gaps")]
-    fig = Figure(figsize=(1.4 + 1.3 * max(len(rows), 1), 3.6), dpi=110)
+    floor = next((r for r in rows if str(r["name"]).startswith("Retrain'")), None)
+    nothing = next((r for r in rows if str(r["name"]).startswith("Original")), None)
+    methods = [r for r in rows if r is not floor and r is not nothing]
+    methods = sorted(methods, key=lambda r: r["gaps"].get("Avg. Gap", math.inf))
+    fig = Figure(figsize=(2.2 + 1.3 * max(len(methods), 1), 3.9), dpi=110)
     ax = fig.add_subplot()
     width = 0.8 / len(metrics)
     for j, m in enumerate(metrics):
-        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, [r["gaps"].get(m, 0.0) for r in rows], width, label=m)
-    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=20)
-    ax.set_ylabel("|method - Retrain| (points)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncols=len(metrics), loc="upper center", bbox_to_anchor=(0.5, -0.22))
+        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(methods))]
+        ys = [r["gaps"].get(m, 0.0) for r in methods]
+        bars = ax.bar(xs, ys, width, label=m, edgecolor="black" if m == "Avg. Gap" else None)
+        zero = [(x, y) for x, y in zip(xs, ys, strict=True) if abs(y) < 1e-9]
+        if zero:
+            ax.plot(
+                [x for x, _ in zero],
+                [0.0] * len(zero),
+                marker="_",
+                ms=10,
+                mew=2.5,
+                ls="",
+                color=bars.patches[0].get_facecolor(),
+            )
+    for row, style, what in ((floor, ":", "Retrain' (noise floor)"), (nothing, "--", "do nothing")):
+        if row is not None and not math.isnan(row["gaps"].get("Avg. Gap", math.nan)):
+            g = row["gaps"]["Avg. Gap"]
+            ax.axhline(g, color="black", ls=style, lw=1, label=f"{what}: Avg. Gap {g:.2f}")
+    ax.set_xticks(range(len(methods)), [str(r["name"]) for r in methods], rotation=20)
+    ax.set_ylabel("|method - Retrain| (points)\nlower is better")
+    top = ax.get_ylim()[1]
+    ax.set_ylim(-0.03 * top, top)  # room below 0, so the zero ticks stand off the axis
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     save_figure(path, lambda p: fig.savefig(p, format="png"))
 
