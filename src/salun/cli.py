@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -572,7 +573,7 @@ def _sub(sub: Any, name: str, help: str, description: str, example: str) -> argp
     return sub.add_parser(
         name,
         help=help,
-        description=description,
+        description=textwrap.fill(description, 88),
         epilog="example:\n" + "\n".join(f"  {line}" for line in example.strip().splitlines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -581,7 +582,7 @@ def _sub(sub: Any, name: str, help: str, description: str, example: str) -> argp
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="salun",
-        description=_DESCRIPTION,
+        description=textwrap.fill(_DESCRIPTION, 88),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
