@@ -73,3 +73,21 @@ def test_gap_chart_sorts_methods_and_draws_reference_lines(tmp_path, monkeypatch
     labels = [lab for _, lab in drawn["lines"] if lab]
     assert any("noise floor" in lab and "0.50" in lab for lab in labels)
     assert any("do nothing" in lab and "9.00" in lab for lab in labels)
+
+
+def test_report_reprints_a_generation_demo_folder(tmp_path, capsys):
+    import json
+
+    from salun.cli import main
+
+    rows = [
+        {"name": "Original", "UA": 0.0, "other-class acc": 98.7, "time (s)": 142.0},
+        {"name": "SalUn", "UA": 100.0, "other-class acc": 97.6, "time (s)": 24.8},
+    ]
+    (tmp_path / "metrics.json").write_text(json.dumps({"title": "DDPM demo", "rows": rows}))
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "## DDPM demo" in out and "| SalUn | 100.00 | 97.60 | 24.80 |" in out
+    (tmp_path / "metrics.json").write_text(json.dumps({"title": "SD demo", "table": "| a |"}))
+    assert main(["report", str(tmp_path)]) == 0
+    assert "| a |" in capsys.readouterr().out

@@ -141,10 +141,34 @@ def _demo_results(folder: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _generation_demo(folder: Path) -> dict[str, Any] | None:
+    """The metrics.json of a ``salun demo --task ddpm|text_to_image`` folder, or None."""
+    import json
+
+    try:
+        m = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or "title" not in m:
+        return None
+    has_rows = isinstance(m.get("rows"), list) and bool(m["rows"])
+    return m if has_rows or isinstance(m.get("table"), str) else None
+
+
+def generation_demo_table(m: dict[str, Any]) -> str:
+    """The table of a generation demo's metrics.json again (its own columns)."""
+    if not m.get("rows"):
+        return f"## {m['title']}\n\n{m['table']}\n"
+    skip = {"name", "gaps", "method", "collapsed"}
+    columns = [k for k in m["rows"][0] if k not in skip]
+    return f"## {m['title']}\n\n{markdown_table(m['rows'], columns)}\n"
+
+
 def is_demo_folder(folder: str | Path) -> bool:
-    """A folder written by ``salun demo --out`` (scenario folders with a demo metrics.json)."""
+    """A folder written by ``salun demo --out`` (scenario folders with a demo metrics.json, or
+    a DDPM / text-to-image demo's metrics.json)."""
     folder = Path(folder)
-    return folder.is_dir() and bool(_demo_results(folder))
+    return folder.is_dir() and (bool(_demo_results(folder)) or _generation_demo(folder) is not None)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -171,6 +195,14 @@ def demo_report(folders: Sequence[str | Path]) -> str:
         if not folder.is_dir():
             raise SalunError(f"folder {str(folder)!r} does not exist")
         results = _demo_results(folder)
+        generation = _generation_demo(folder)
+        if generation is not None and not results:
+            if len(folders) > 1:
+                raise SalunError(
+                    f"{str(folder)!r} is a generation demo; combining seeds is for the "
+                    "classification demo (salun demo --seed S)"
+                )
+            return generation_demo_table(generation)
         if not results:
             raise SalunError(
                 f"{str(folder)!r} holds no demo results (DIR/SCENARIO/metrics.json); "
