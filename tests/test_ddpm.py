@@ -258,7 +258,7 @@ def test_user_supplied_feature_networks_and_grid(tmp_path):
     assert h == 4 + 4 * (64 + 2) + 2 and w > 10 * (64 + 2)
     titled = tmp_path / "t.png"
     save_grid(torch.zeros(4, 1, 8, 8), torch.tensor([0, 0, 1, 1]), titled, per_row=2, title="SalUn")
-    a = torch.from_numpy(np.asarray(Image.open(titled).convert("L")))
+    a = torch.from_numpy(np.array(Image.open(titled).convert("L")))
     assert (a[:18] < 128).any()  # the title is drawn above the grid
     assert (a[18:, :20] < 128).any()  # the row labels on the left
 
