@@ -8,9 +8,11 @@ FMNIST := /usr/share/datasets/fashion-mnist
 .PHONY: venv demo demo-ddpm demo-sd test test-slow lint bench fmnist clean
 
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,generation]'
-	touch $(STAMP)
+	@echo "building $(VENV): the pinned stack from constraints.txt (1-2 minutes, once)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,generation]'
+	@touch $(STAMP)
+	@echo "$(VENV) ready: the salun command is $(BIN)/salun (or: source $(BIN)/activate)"
 
 venv: $(STAMP)
 
@@ -18,7 +20,8 @@ venv: $(STAMP)
 fmnist:
 	@if [ ! -e $(FMNIST)/train-images-idx3-ubyte.gz ] && [ ! -e $(FMNIST)/train-images-idx3-ubyte ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+	    echo "installing Debian's dataset-fashion-mnist with apt-get (needs root)"; \
+	    (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	      || echo "could not install dataset-fashion-mnist; the demo falls back to digits"; \
 	  else echo "Fashion-MNIST missing (apt-get install dataset-fashion-mnist as root); the demo falls back to digits"; fi; \
 	fi

@@ -253,14 +253,21 @@ def test_user_supplied_feature_networks_and_grid(tmp_path):
 
     save_grid(torch.rand(20, 1, 16, 16), torch.arange(4).repeat_interleave(5), tmp_path / "g.png")
     img = Image.open(tmp_path / "g.png")
-    assert img.size == (10 * 16 * 2, 4 * 16 * 2)  # 10 per row (padded), one row per class
+    # 10 per row (padded), one row per class, 4x upscaled, 2 px apart, a label column
+    w, h = img.size
+    assert h == 4 + 4 * (64 + 2) + 2 and w > 10 * (64 + 2)
+    titled = tmp_path / "t.png"
+    save_grid(torch.zeros(4, 1, 8, 8), torch.tensor([0, 0, 1, 1]), titled, per_row=2, title="SalUn")
+    a = torch.from_numpy(np.array(Image.open(titled).convert("L")))
+    assert (a[:18] < 128).any()  # the title is drawn above the grid
+    assert (a[18:, :20] < 128).any()  # the row labels on the left
 
 
 def test_cli_train_unlearn_sample_eval(tmp_path, cache_dir, capsys):
     common = ["smoke/ddpm", f"cache_dir={cache_dir}"]
     assert main(["train", "--task", "ddpm", *common, "--out", str(tmp_path / "orig")]) == 0
     assert (tmp_path / "orig" / "model" / "unet" / "config.json").is_file()
-    assert (tmp_path / "orig" / "samples.png").is_file()
+    assert (tmp_path / "orig" / "grid_original.png").is_file()
     rc = main(
         [
             "unlearn",
@@ -283,7 +290,8 @@ def test_cli_train_unlearn_sample_eval(tmp_path, cache_dir, capsys):
     assert r["metrics"]["fid_features"] == "classifier-penultimate"
     assert {"test_acc", "test_size", "forget_class_test_acc"} <= set(r["metrics"]["judge"])
     assert "metrics" in r["original"]
-    assert (tmp_path / "esd" / "samples_original.png").is_file()
+    assert (tmp_path / "esd" / "grid_original.png").is_file()
+    assert (tmp_path / "esd" / "grid_esd.png").is_file()
     out = tmp_path / "s"
     assert (
         main(
@@ -307,6 +315,7 @@ def test_cli_train_unlearn_sample_eval(tmp_path, cache_dir, capsys):
     from salun.io import load_tensors
 
     t = load_tensors(out / "samples.safetensors")
+    assert (out / "grid_esd.png").is_file()
     assert t["images"].shape == (4, 1, 16, 16) and t["labels"].tolist() == [0, 0, 3, 3]
     capsys.readouterr()
     assert (

@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,19 +89,36 @@ def _load(exp, path: str):
     return exp.task.load_model(exp, path)
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from salun.config import preset_names
-    from salun.data import DATASETS
-    from salun.methods import list_methods
-    from salun.models import MODELS
-    from salun.registry import TASKS
+LISTS = (
+    "methods",
+    "tasks",
+    "ddpm-methods",
+    "text_to_image-methods",
+    "models",
+    "datasets",
+    "presets",
+)
 
-    tables = {"methods": list_methods(), "tasks": TASKS.names()}
-    for task in TASKS.names():
-        tables[f"{task}-methods"] = list_methods(task)
-    tables.update(models=list(MODELS), datasets=list(DATASETS), presets=preset_names())
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from salun import catalog  # a static table: salun list imports no torch
+    from salun.config import preset_names
+
+    tables = {"methods": catalog.method_names(), "tasks": list(catalog.TASKS)}
+    for task in catalog.TASKS:
+        tables[f"{task}-methods"] = catalog.method_names(task)
+    tables.update(
+        models=list(catalog.MODELS), datasets=list(catalog.DATASETS), presets=preset_names()
+    )
     if args.what != "all" and args.what not in tables:
         raise SalunError(f"unknown list {args.what!r}; allowed: all, {', '.join(tables)}")
+    if args.long and args.what in ("all", "methods", "ddpm-methods", "text_to_image-methods"):
+        names = tables["methods" if args.what == "all" else args.what]
+        for name in names:
+            shown, tasks, params = catalog.METHODS[name]
+            print(f"{name:<13} {shown:<11} tasks: {','.join(tasks)}")
+            print(f"{'':<13} hyperparameters: {' '.join(params)}")
+        return 0
     for name, values in tables.items():
         if args.what in ("all", name):
             print(f"{name}: {' '.join(values)}" if args.what == "all" else "\n".join(values))
@@ -110,7 +128,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
-    print(yaml.safe_dump(_config(args).to_dict(), sort_keys=False), end="")
+    tree = _config(args).to_dict()
+    used = {"ddpm": "diffusion", "text_to_image": "text_to_image"}.get(tree["task"])
+    for section in ("diffusion", "text_to_image"):
+        if section != used:
+            tree.pop(section)  # another task's settings: this config does not use them
+    print(yaml.safe_dump(tree, sort_keys=False), end="")
     return 0
 
 
@@ -131,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model, info = train_model(exp, args.kind)
         check_finite_weights(model)
         target = Path(args.out) / exp.task.save_model(exp, model, out).relative_to(out)
-        metrics = exp.task.evaluate(exp, model, out, "samples")
+        metrics = exp.task.evaluate(exp, model, out, args.kind)
         write_json(
             out / "metrics.json",
             {
@@ -274,6 +297,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "progress": not args.no_progress,
         "overrides": args.items,
         "retrain": args.retrain,
+        "say": lambda line: print(line, flush=True),
     }
     accepted = inspect.signature(run).parameters
     r = run(out, **{k: v for k, v in offered.items() if k in accepted})
@@ -330,15 +354,35 @@ def cmd_sample(args: argparse.Namespace) -> int:
     with staged_folder(args.out) as out:
         _save_samples(out, images, labels, w, args)
     print(f"{len(labels)} samples (classes {classes}, w={w}, {args.sampler} {args.steps} steps)")
-    print(f"grid: {Path(args.out) / 'grid.png'}  tensors: {Path(args.out) / 'samples.safetensors'}")
+    grid = Path(args.out) / f"grid_{_model_name(args.model)}.png"
+    print(f"grid: {grid}  tensors: {Path(args.out) / 'samples.safetensors'}")
     return 0
 
 
+def _model_name(model: str) -> str:
+    """The method (or kind) that made a DDPM folder, from its run folder's metrics.json; grids
+    are named grid_<method>.png everywhere."""
+    try:
+        m = json.loads((Path(model).parent / "metrics.json").read_text(encoding="utf-8"))
+        name = str(m.get("method") or m.get("kind") or "model")
+    except (OSError, ValueError, AttributeError):
+        return "model"
+    return name if name.replace("_", "").isalnum() else "model"
+
+
 def _save_samples(out: Path, images, labels, w: float, args: argparse.Namespace) -> None:
+    from salun.catalog import display_name
     from salun.eval.generation import save_grid
     from salun.io import save_tensors
 
-    save_grid(images, labels, out / "grid.png", per_row=min(args.n, 16))
+    name = _model_name(args.model)
+    save_grid(
+        images,
+        labels,
+        out / f"grid_{name}.png",
+        per_row=min(args.n, 16),
+        title=f"{display_name(name)}: w={w}, {args.sampler} {args.steps} steps, seed {args.seed}",
+    )
     save_tensors(
         out / "samples.safetensors",
         {"images": images.contiguous(), "labels": labels},
@@ -431,32 +475,29 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from salun.report import demo_report, is_demo_folder
+
+    folders = [Path(f) for f in args.folders]
+    if len(folders) > 1 or is_demo_folder(folders[0]):
+        print(demo_report(folders), end="")
+        return 0
     from salun.bench import build_report
 
-    build_report(args.folder, plots=not args.no_plots)
-    print((Path(args.folder) / "report.md").read_text(encoding="utf-8"), end="")
+    build_report(folders[0], plots=not args.no_plots)
+    print((folders[0] / "report.md").read_text(encoding="utf-8"), end="")
     return 0
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
-    p.add_argument(
-        "items",
-        nargs="*",
-        metavar="PRESET|key=value",
-        help="a preset name or YAML file, then overrides such as unlearn.method=ga",
-    )
+    _items(p)
     p.add_argument("--split", help="use this split.json instead of drawing one")
-    p.add_argument(
-        "--task",
-        help="a registered task (salun list tasks): classification, ddpm (class-conditional "
-        "diffusion, default preset demo-ddpm), text_to_image (default preset demo-sd)",
-    )
+    _task_option(p)
     p.add_argument(
         "--retrain",
         action="store_true",
         help="re-train cached models (original, Retrain, judge) and replace their cache entries",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _no_progress(p)
     if out:
         p.add_argument("--out", required=True, help="run folder (new or empty)")
         p.add_argument(
@@ -467,27 +508,119 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         )
 
 
+def _items(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "items",
+        nargs="*",
+        metavar="PRESET|key=value",
+        help="a preset name (salun list presets) or YAML file, then overrides such as "
+        "unlearn.method=ga",
+    )
+
+
+def _task_option(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument(
+        "--task",
+        default=default,
+        help="a registered task (salun list tasks): model family (ddpm: class-conditional diffusion, default preset demo-ddpm; "
+        "text_to_image: Stable Diffusion, default preset demo-sd)"
+        + (f"; default {default}" if default else ""),
+    )
+
+
+def _no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+_DESCRIPTION = (
+    "Machine unlearning with SalUn (Fan et al., ICLR 2024) and its baselines: train a model, "
+    "make it forget a set of training images or a class, and measure how close it gets to "
+    "retraining from scratch. --task ddpm (or text_to_image) switches train, mask, unlearn, eval "
+    "and demo to class-conditional diffusion models (or Stable Diffusion)."
+)
+
+_EPILOG = """\
+examples:
+  salun demo --out runs/demo                      the Fashion-MNIST demo (two scenarios)
+  salun unlearn smoke/digits --out runs/salun     one method, compared with Retrain
+  salun list                                      methods, models, datasets, presets
+  salun COMMAND --help                            options and an example of one command
+
+Bad input exits with code 2 and one line on stderr; a run folder the command created is removed
+again when it fails, so no partial results are left behind.
+"""
+
+
+def _sub(sub: Any, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand with a one-line help, a description and an example (shown by --help)."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=textwrap.fill(description, 88),
+        epilog="example:\n" + "\n".join(f"  {line}" for line in example.strip().splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="salun", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="salun",
+        description=textwrap.fill(_DESCRIPTION, 88),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log progress to stderr (anywhere on the line)"
     )
     from salun import __version__
 
-    parser.add_argument("--version", action="version", version=f"salun {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"salun {__version__}", help="print the version"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of the commands below"
+    )
 
-    p = sub.add_parser("train", help="train the original model (or Retrain) on a split")
+    p = _sub(
+        sub,
+        "train",
+        "train the original model (or Retrain) on a split",
+        "Draw (or read) the split, train the original model (--kind original) or Retrain, the "
+        "model trained on the retain set only (--kind retrain), evaluate it and write "
+        "model.safetensors (a DDPM: model/), split.json, config.yaml and metrics.json.",
+        "salun train smoke/digits --out runs/orig",
+    )
     _common(p)
-    p.add_argument("--kind", default="original", choices=["original", "retrain"])
+    p.add_argument(
+        "--kind",
+        default="original",
+        choices=["original", "retrain"],
+        help="original: on the whole training split; retrain: on the retain set only "
+        "(default original)",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("mask", help="compute a SalUn weight-saliency mask")
+    p = _sub(
+        sub,
+        "mask",
+        "compute a SalUn weight-saliency mask",
+        "Rank the weights by the gradient of the forgetting loss on the forget set and keep the "
+        "top mask.ratio (default 0.5) as salient; writes mask.safetensors (bool).",
+        "salun mask smoke/digits --model runs/orig/model.safetensors --out runs/mask",
+    )
     _common(p)
     p.add_argument("--model", help="original model (safetensors); default: train or cache")
     p.set_defaults(func=cmd_mask)
 
-    p = sub.add_parser("unlearn", help="run one unlearning method and evaluate it")
+    p = _sub(
+        sub,
+        "unlearn",
+        "run one unlearning method and evaluate it",
+        "Run unlearn.method (salun list methods) on the original model, evaluate UA, "
+        "MIA-Efficacy, RA and TA and compare with Retrain and the original (Avg. Gap); writes "
+        "the model, metrics.json, audit.json and log.txt into --out.",
+        "salun unlearn smoke/digits unlearn.method=rl unlearn.params.lr=0.01 --out runs/rl",
+    )
     _common(p)
     p.add_argument("--model", help="original model (safetensors); default: train or cache")
     p.add_argument("--mask", help="saliency mask (safetensors); default: computed when used")
@@ -497,28 +630,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_unlearn)
 
-    p = sub.add_parser("eval", help="evaluate a model on a split (UA, MIA-Efficacy, RA, TA)")
+    p = _sub(
+        sub,
+        "eval",
+        "evaluate a model on a split (UA, MIA-Efficacy, RA, TA)",
+        "Evaluate a checkpoint on the split of the config (or --split): UA, MIA-Efficacy, RA and "
+        "TA for classifiers; UA by a judge, other-class accuracy and FID for DDPMs.",
+        "salun eval smoke/digits --model runs/salun/model.safetensors "
+        "--split runs/salun/split.json",
+    )
     _common(p, out=False)
     p.add_argument("--model", required=True, help="model (safetensors, or a DDPM folder)")
     p.add_argument("--out", help="folder for eval.json")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("sample", help="sample a class-conditional DDPM folder into a PNG grid")
+    p = _sub(
+        sub,
+        "sample",
+        "sample a class-conditional DDPM folder into a PNG grid",
+        "Draw --n samples per class from a DDPM model folder with classifier-free guidance; "
+        "writes grid_<method>.png (one row per class; the method that made the model, or "
+        "model) and samples.safetensors.",
+        "salun sample --model runs/ddpm/model --classes 0,1 --n 8 --out runs/samples",
+    )
     p.add_argument("--model", required=True, help="DDPM folder (unet/, scheduler/, salun.json)")
-    p.add_argument("--out", required=True, help="folder for grid.png and samples.safetensors")
+    p.add_argument(
+        "--out", required=True, help="folder for grid_<method>.png and samples.safetensors"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--classes", help="comma-separated class indices (default: all)")
-    p.add_argument("--n", type=int, default=8, help="samples per class")
+    p.add_argument("--n", type=int, default=8, help="samples per class (default 8)")
     p.add_argument("--guidance", type=float, help="CFG weight w (default: the model's)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim", help="ddim (default) or ddpm (ancestral)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument(
+        "--sampler",
+        default="ddim",
+        help="ddim (deterministic, eta = 0) or ddpm (stochastic); default ddim",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="sampling seed: same seed, same images (default 0)"
+    )
+    _no_progress(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("bench", help="run a grid of methods x scenarios x seeds (resumable)")
-    p.add_argument("items", nargs="*", metavar="PRESET|key=value")
+    p = _sub(
+        sub,
+        "bench",
+        "run a grid of methods x scenarios x seeds (resumable)",
+        "Run every (scenario, seed, method) of a bench preset in its own process and folder, "
+        "then write report.md, report.csv, report.json and plots. Re-running skips finished "
+        "runs.",
+        "salun bench digits-random10 --out runs/bench --jobs 2",
+    )
+    _items(p)
     p.add_argument("--out", required=True, help="bench folder (reruns skip finished runs)")
     p.add_argument("--cache", help="model cache shared across benches (default: OUT/cache)")
     p.add_argument("--timeout", type=float, help="seconds allowed per run")
@@ -535,46 +700,141 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="submitit parameter, e.g. slurm_partition=gpu, gpus_per_node=1 (repeatable)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    _no_progress(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("tune", help="search method hyperparameters on seeds never reported")
-    p.add_argument("items", nargs="*", metavar="PRESET|key=value")
-    p.add_argument("--out", required=True)
+    p = _sub(
+        sub,
+        "tune",
+        "search method hyperparameters on seeds never reported",
+        "Search the list-valued method parameters of a bench preset on tuning seeds, pick each "
+        "method's setting by mean Avg. Gap to Retrain and write selected.yaml, a preset whose "
+        "reporting seeds were never used for selection.",
+        "salun tune fmnist-random10-search --seeds 100,101 --out runs/tune",
+    )
+    _items(p)
+    p.add_argument(
+        "--out", required=True, help="tuning folder: trial runs and selected.yaml (the preset)"
+    )
     p.add_argument("--seeds", help="tuning seeds, comma-separated (default 100)")
-    p.add_argument("--search", default="grid", choices=["grid", "random"])
+    p.add_argument(
+        "--search",
+        default="grid",
+        choices=["grid", "random"],
+        help="grid: every combination; random: --budget draws (default grid)",
+    )
     p.add_argument("--budget", type=int, help="most candidates per method")
     p.add_argument("--cache", help="model cache (default: OUT/cache)")
-    p.add_argument("--no-progress", action="store_true")
+    _no_progress(p)
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("audit", help="print a run's audit.json and verify every file's sha256")
-    p.add_argument("folder")
+    p = _sub(
+        sub,
+        "audit",
+        "print a run's audit.json and verify every file's sha256",
+        "Print what an unlearning run forgot, the models' hashes and metrics, and check every "
+        "file of the run folder against the sha256 recorded in audit.json (exit 2 if one "
+        "changed, is missing or was added).",
+        "salun audit runs/salun",
+    )
+    p.add_argument("folder", help="an unlearning run folder (holds audit.json)")
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("report", help="tables and plots from a bench folder")
-    p.add_argument("folder")
-    p.add_argument("--no-plots", action="store_true")
+    p = _sub(
+        sub,
+        "report",
+        "tables and plots from a bench or demo folder",
+        "Recompute the tables from the run folders' metrics.json and print them. A bench "
+        "folder: report.md, report.csv, report.json and plots are written into it. A demo folder "
+        "(salun demo --out DIR): its scenarios' tables again. Several demo folders (one per "
+        "seed): one table per scenario with mean ± std over the seeds.",
+        "salun report runs/fmnist-random10\n"
+        "salun report runs/demo-s0 runs/demo-s1 runs/demo-s2   # mean ± std over 3 seeds",
+    )
+    p.add_argument(
+        "folders",
+        nargs="+",
+        metavar="FOLDER",
+        help="a bench folder, or one or more demo folders (combined: mean ± std over seeds)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("list", help="list methods, models, datasets or presets")
-    p.add_argument("what", nargs="?", default="all")
+    p = _sub(
+        sub,
+        "list",
+        "list methods, models, datasets or presets",
+        "Print the names a config accepts. Nothing is imported beyond a static table, so this "
+        "answers at once.",
+        "salun list ddpm-methods\nsalun list methods --long   # display names, tasks, "
+        "hyperparameters",
+    )
+    p.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        metavar="WHAT",
+        help=f"one of: all (default), {', '.join(LISTS)}",
+    )
+    p.add_argument(
+        "--long",
+        "-l",
+        action="store_true",
+        help="methods: also display name, tasks and hyperparameter names",
+    )
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("config", help="print the resolved config")
-    p.add_argument("items", nargs="*", metavar="PRESET|key=value")
+    p = _sub(
+        sub,
+        "config",
+        "print the resolved config",
+        "Resolve a preset (or YAML file) and key=value overrides, check them and print the "
+        "resulting config as YAML (the config.yaml a run would save). Sections for another "
+        "task (diffusion, text_to_image) are left out.",
+        "salun config smoke/digits unlearn.method=ga\nsalun config --task ddpm",
+    )
+    _items(p)
+    _task_option(p)
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser(
-        "demo", help="the Fashion-MNIST demo (random 10%% and class-wise); --task ddpm: DDPM"
+    p = _sub(
+        sub,
+        "demo",
+        "the Fashion-MNIST demo (random 10%% and class-wise); --task ddpm: DDPM",
+        "Train the original model and Retrain, run FT, GA, RL, l1-sparse and SalUn and print a "
+        "table per scenario: random 10 %% forgetting and class-wise forgetting on Fashion-MNIST "
+        "(class-wise on scikit-learn's digits without Fashion-MNIST). --task ddpm erases a digit "
+        "from a class-conditional DDPM; --task text_to_image from a tiny Stable Diffusion "
+        "pipeline.",
+        "salun demo --seed 1 --out runs/demo-s1\nsalun demo --task ddpm --retrain",
     )
     p.add_argument("items", nargs="*", metavar="key=value", help="overrides of the demo preset")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", default="auto", help="auto, fashion-mnist or digits")
-    p.add_argument("--task", default="classification", help="a registered task (salun list tasks)")
+    p.add_argument(
+        "--out",
+        default="runs/demo",
+        help="demo folder, one subfolder per scenario (default runs/demo; runs/demo-ddpm and "
+        "runs/demo-sd for the other tasks)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data subset, split, initialisation and methods (default 0)",
+    )
+    p.add_argument(
+        "--dataset",
+        default="auto",
+        choices=["auto", "fashion-mnist", "digits"],
+        help="auto: Fashion-MNIST when installed, else digits (default auto)",
+    )
+    p.add_argument(
+        "--task",
+        default="classification",
+        help="a registered task (salun list tasks): classification (default), ddpm or "
+        "text_to_image",
+    )
     p.add_argument("--retrain", action="store_true", help="ddpm: also train Retrain (slower)")
-    p.add_argument("--no-progress", action="store_true")
+    _no_progress(p)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -602,6 +862,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (they are resumable), and so are folders of crashed runs (their log helps).
     fresh = out is not None and args.command not in ("bench", "tune") and not Path(out).exists()
     func: Callable[[argparse.Namespace], int] = args.func
+    if args.command == "list":  # torch-free: no process group, no runtime session
+        try:
+            return func(args)
+        except SalunError as e:
+            print(f"salun: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        finally:
+            logging.getLogger().removeHandler(handler)
     from salun import distributed
 
     # under torchrun: one process group; rank 0 prints and writes, the others compute

@@ -8,6 +8,7 @@ loudly with a one-line :class:`~salun.errors.SalunError`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -314,10 +315,39 @@ def _set(tree: dict[str, Any], keys: list[str], value: Any) -> None:
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
     """Resolve a preset name or YAML path plus ``key=value`` overrides into a checked Config."""
     tree: dict[str, Any] = _read_preset(preset) if preset else {}
-    for item in overrides or []:
-        keys, value = parse_override(item)
+    parsed = [parse_override(item) for item in overrides or []]
+    preset_unlearn = dict(tree["unlearn"]) if isinstance(tree.get("unlearn"), dict) else {}
+    for keys, value in parsed:
         _set(tree, keys, value)
+    _drop_foreign_params(tree, preset_unlearn, [keys for keys, _ in parsed])
     return validate(_from_dict(Config, tree, ""))
+
+
+def _drop_foreign_params(
+    tree: dict[str, Any], preset_unlearn: dict[str, Any], override_keys: list[list[str]]
+) -> None:
+    """Preset ``unlearn.params`` belong to the preset's method: when an override switches
+    ``unlearn.method`` to another one, they are dropped (logged), so they never leak to it.
+    Parameters the user gave as overrides stay (and a wrong one is a one-line error)."""
+    unlearn = tree.get("unlearn")
+    if not isinstance(unlearn, dict) or ["unlearn", "method"] not in override_keys:
+        return
+    old = preset_unlearn.get("method", UnlearnConfig.method)
+    params = unlearn.get("params")
+    if unlearn.get("method") == old or not isinstance(params, dict):
+        return
+    if ["unlearn", "params"] in override_keys:
+        return  # the whole params mapping was given on the command line
+    user = {k[2] for k in override_keys if len(k) == 3 and k[:2] == ["unlearn", "params"]}
+    dropped = sorted(k for k in params if k not in user)
+    if dropped:
+        logging.getLogger(__name__).info(
+            "unlearn.method=%s: dropping the preset's unlearn.params of %s (%s)",
+            unlearn.get("method"),
+            old,
+            ", ".join(dropped),
+        )
+        unlearn["params"] = {k: v for k, v in params.items() if k in user}
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

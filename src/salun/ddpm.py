@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from salun.catalog import display_name
 from salun.config import load_config, save_config
 from salun.eval.generation import DEFINITIONS, GEN_EVAL_VERSION, save_grid
 from salun.io import write_json, write_text
@@ -98,20 +99,23 @@ def run_ddpm_demo(
         original, orig_info = train_model(exp, "original")
         judge, judge_info = judge_for(exp)
         om, img, lab = evaluate_ddpm(exp, original)
-        save_grid(img, lab, out / "grid_original.png")
+        names = list(exp.bundle.train.classes)
+        save_grid(img, lab, out / "grid_original.png", title="Original", class_names=names)
         rows = [_row("Original", om, orig_info.get("seconds"))]
         runs: dict[str, Any] = {"original": {"info": orig_info, "metrics": om}}
         if retrain:
             model, info = train_model(exp, "retrain")
             m, img, lab = evaluate_ddpm(exp, model)
-            save_grid(img, lab, out / "grid_retrain.png")
+            save_grid(img, lab, out / "grid_retrain.png", title="Retrain", class_names=names)
             rows.append(_row("Retrain", m, info.get("seconds")))
             runs["retrain"] = {"info": info, "metrics": m}
         for name, params in methods.items():
             model, info = unlearn_once(exp, original, name, params, mask=wants_mask(name))
             m, img, lab = evaluate_ddpm(exp, model)
-            save_grid(img, lab, out / f"grid_{name}.png")
-            rows.append(_row(name, m, info["rte_seconds"]))
+            save_grid(
+                img, lab, out / f"grid_{name}.png", title=display_name(name), class_names=names
+            )
+            rows.append(_row(display_name(name), m, info["rte_seconds"]))
             runs[name] = {"run": info, "metrics": m}
             log.info("%s: UA %.1f other-class acc %.1f", name, m["UA"], m["other_acc"])
         fc = om["forget_class"]

@@ -6,16 +6,25 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from salun.catalog import display_name
 from salun.config import Config, load_config, save_config
 from salun.errors import SalunError
 from salun.eval import avg_gap
 from salun.eval.classification import DEFINITIONS, EVAL_VERSION
 from salun.io import write_json, write_text
 from salun.methods import wants_mask
-from salun.report import floor_note, gap_bar_chart, markdown_table
+from salun.report import (
+    NUM_CLASSES,
+    collapse_note,
+    collapsed,
+    floor_note,
+    gap_bar_chart,
+    markdown_table,
+)
 from salun.run import (
     evaluate,
     noise_floor,
@@ -63,6 +72,16 @@ def fashion_mnist_available(data_dir: str | None = None) -> bool:
     return True
 
 
+#: The metrics the demo's tables show (report.md defines only these).
+SHOWN = ("UA", "MIA-Efficacy", "RA", "TA", "RTE", "Avg. Gap")
+
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
 def _row(name: str, metrics: dict[str, Any], rte: float | None, ref: dict[str, Any] | None):
     row = {"name": name, **{k: metrics[k] for k in ("UA", "MIA-Efficacy", "RA", "TA")}}
     row["RTE (s)"] = rte
@@ -72,16 +91,51 @@ def _row(name: str, metrics: dict[str, Any], rte: float | None, ref: dict[str, A
     return row
 
 
-def run_scenario(cfg: Config, out: Path, methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Original, Retrain and each method on one split; writes report.md, metrics.json, gaps.png."""
+def _scenario_words(cfg: Config, split: Any) -> str:
+    if cfg.data.scenario == "class":
+        return f"class-wise forgetting (class {split.forget_class}, {split.forget_class_name})"
+    return f"random {100 * len(split.forget) / max(len(split.train), 1):.0f}% forgetting"
+
+
+def _methods_comment(methods: dict[str, dict[str, Any]]) -> str:
+    """config.yaml's header: the demo ran every method below with this config's data, model
+    and training (unlearn.* holds only the library's default method)."""
+    lines = [
+        "# salun demo: this config (data, model, training) ran each of these methods;",
+        "# unlearn.method / unlearn.params below are the library defaults, not what ran:",
+    ]
+    lines += [
+        f"#   {display_name(n)}: unlearn.method={n} unlearn.params={p}" for n, p in methods.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_scenario(
+    cfg: Config,
+    out: Path,
+    methods: dict[str, dict[str, Any]],
+    say: Say = _quiet,
+    where: str = "",
+) -> dict[str, Any]:
+    """Original, Retrain and each method on one split; writes report.md, metrics.json, gaps.png.
+
+    ``say`` receives one line per step (the CLI prints them: which step runs and what next)."""
     exp = prepare(cfg)
+    what = _scenario_words(cfg, exp.split)
+    head = f"{where}{what}"
     with run_log(out):
         save_config(cfg, out / "config.yaml")
+        config_text = (out / "config.yaml").read_text(encoding="utf-8")
+        write_text(out / "config.yaml", _methods_comment(methods) + config_text)
         exp.split.save(out / "split.json")
+        epochs = cfg.train.epochs
+        say(f"{head}: training the original, {epochs} epochs")
         original, orig_info = train_model(exp, "original")
+        say(f"{head}: training Retrain on the retain set, {cfg.retrain_recipe.epochs} epochs")
         retrain, retrain_info = train_model(exp, "retrain")
         ref = evaluate(exp, retrain)
         orig_metrics = evaluate(exp, original)
+        say(f"{head}: training Retrain' (another init seed: the noise floor)")
         floor = noise_floor(exp, ref)
         rows = [
             _row("Retrain", ref, retrain_info.get("seconds"), ref),
@@ -89,26 +143,43 @@ def run_scenario(cfg: Config, out: Path, methods: dict[str, dict[str, Any]]) -> 
             _row("Original (do nothing)", orig_metrics, 0.0, ref),
         ]
         runs: dict[str, Any] = {}
-        for name, params in methods.items():
+        for i, (name, params) in enumerate(methods.items(), 1):
+            shown = display_name(name)
+            say(
+                f"{head}: unlearning with {shown} ({i}/{len(methods)}), "
+                f"{params.get('epochs', '?')} epochs"
+            )
             model, info = unlearn_once(exp, original, name, params, mask=wants_mask(name))
             calibration = info.pop("_calibration", None)
             if calibration and "skipped" not in calibration:
                 save_calibration(out / name, calibration)
             metrics = evaluate(exp, model)
-            runs[name] = {"run": info, "metrics": metrics}
-            rows.append(_row(name, metrics, info["rte_seconds"], ref))
+            runs[name] = {"run": info, "metrics": metrics, "params": params}
+            row = _row(shown, metrics, info["rte_seconds"], ref)
+            row["method"] = name
+            rows.append(row)
             log.info(
-                "%s: UA %.2f RA %.2f TA %.2f", name, metrics["UA"], metrics["RA"], metrics["TA"]
+                "%s: UA %.2f RA %.2f TA %.2f", shown, metrics["UA"], metrics["RA"], metrics["TA"]
             )
+        k = getattr(exp.task, "num_classes", None) or NUM_CLASSES.get(cfg.data.name, 10)
+        bad = [r["name"] for r in rows[1:] if collapsed(r, k)]
+        for r in rows:
+            if r["name"] in bad:
+                r["collapsed"] = True
         title = (
-            f"{cfg.data.name}, {SCENARIO_TITLES[cfg.data.scenario]}, seed {cfg.seed} "
+            f"{cfg.data.name}, {what}, seed {cfg.seed} "
             f"(original train acc {orig_info['train_acc']:.1f}%)"
         )
-        table = markdown_table(rows)
+        table = markdown_table(
+            [{**r, "name": r["name"] + (" †" if r.get("collapsed") else "")} for r in rows]
+        )
+        notes_after = floor_note(floor["floor"]) + ("\n\n" + collapse_note(k) if bad else "")
         result = {
             "title": title,
             "dataset": cfg.data.name,
             "scenario": cfg.data.scenario,
+            "forget_class": exp.split.forget_class,
+            "forget_class_name": exp.split.forget_class_name,
             "seed": cfg.seed,
             "split_hash": exp.split.hash,
             "sizes": {k: len(getattr(exp.split, k)) for k in ("train", "forget", "retain", "test")},
@@ -122,16 +193,17 @@ def run_scenario(cfg: Config, out: Path, methods: dict[str, dict[str, Any]]) -> 
             "versions": versions(),
         }
         write_json(out / "metrics.json", result)
-        notes = "\n".join(f"- **{k}**: {v}" for k, v in DEFINITIONS.items())
+        notes = "\n".join(f"- **{k}**: {v}" for k, v in DEFINITIONS.items() if k in SHOWN)
         write_text(
             out / "report.md",
             f"# {title}\n\nValues in parentheses: |method - Retrain|. Split hash "
             f"`{exp.split.hash[:12]}`; sizes {result['sizes']}.\n\n{table}\n\n"
-            f"{floor_note(floor['floor'])}\n\n"
-            f"## Definitions ({EVAL_VERSION})\n\n{notes}\n",
+            f"{notes_after}\n\n"
+            f"## Definitions ({EVAL_VERSION})\n\n{notes}\n\n"
+            "metrics.json holds every evaluator's value and definition.\n",
         )
         gap_bar_chart(rows[1:], out / "gaps.png", title)
-        result["table"] = table + "\n\n" + floor_note(floor["floor"])
+        result["table"] = table + "\n\n" + notes_after
     return result
 
 
@@ -141,8 +213,10 @@ def run_demo(
     dataset: str = "auto",
     progress: bool = True,
     overrides: list[str] | None = None,
+    say: Say = _quiet,
 ) -> list[dict[str, Any]]:
-    """Run the demo scenarios; returns one result (with a Markdown table) per scenario."""
+    """Run the demo scenarios; returns one result (with a Markdown table) per scenario.
+    ``say`` receives one line per step (the CLI prints them)."""
     out = Path(out)
     if dataset not in ("auto", "fashion-mnist", "digits"):
         raise SalunError(f"unknown demo dataset {dataset!r}; allowed: auto, fashion-mnist, digits")
@@ -156,7 +230,7 @@ def run_demo(
     preset = "demo-fmnist" if dataset == "fashion-mnist" else "demo-digits"
     scenarios = ["random", "class"] if dataset == "fashion-mnist" else ["class"]
     results = []
-    for scenario in scenarios:
+    for i, scenario in enumerate(scenarios, 1):
         cfg = load_config(
             preset,
             [
@@ -167,5 +241,9 @@ def run_demo(
             ],
         )
         methods = copy.deepcopy(DEMO_METHODS[scenario])
-        results.append(run_scenario(cfg, out / f"{dataset}-{scenario}-seed{seed}", methods))
+        folder = out / f"{dataset}-{scenario}-seed{seed}"
+        results.append(
+            run_scenario(cfg, folder, methods, say=say, where=f"scenario {i}/{len(scenarios)}, ")
+        )
+        say(f"scenario {i}/{len(scenarios)} done -> {folder}")
     return results

@@ -55,20 +55,214 @@ def floor_note(floor: float, gap: float | None = None) -> str:
 
 
 def gap_bar_chart(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> None:
-    """Grouped bars of |method - Retrain| per metric, plus the Avg. Gap, one group a method."""
+    """Grouped bars of |method - Retrain| per metric plus the Avg. Gap, one group a method,
+    sorted by Avg. Gap (best first). The Retrain' row (the noise floor) and the original model
+    (the do-nothing gap) are drawn as horizontal lines at their Avg. Gap, not as bars; a zero
+    gap is drawn as a short black tick so it is visible."""
     from matplotlib.figure import Figure
 
     metrics = ["UA", "MIA-Efficacy", "RA", "TA", "Avg. Gap"]
     rows = [r for r in rows if r.get("gaps")]
-    fig = Figure(figsize=(1.4 + 1.3 * max(len(rows), 1), 3.6), dpi=110)
+    floor = next((r for r in rows if str(r["name"]).startswith("Retrain'")), None)
+    nothing = next((r for r in rows if str(r["name"]).startswith("Original")), None)
+    methods = [r for r in rows if r is not floor and r is not nothing]
+    methods = sorted(methods, key=lambda r: r["gaps"].get("Avg. Gap", math.inf))
+    fig = Figure(figsize=(2.2 + 1.3 * max(len(methods), 1), 3.9), dpi=110)
     ax = fig.add_subplot()
     width = 0.8 / len(metrics)
     for j, m in enumerate(metrics):
-        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, [r["gaps"].get(m, 0.0) for r in rows], width, label=m)
-    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=20)
-    ax.set_ylabel("|method - Retrain| (points)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncols=len(metrics), loc="upper center", bbox_to_anchor=(0.5, -0.22))
+        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(methods))]
+        ys = [r["gaps"].get(m, 0.0) for r in methods]
+        bars = ax.bar(xs, ys, width, label=m, edgecolor="black" if m == "Avg. Gap" else None)
+        zero = [(x, y) for x, y in zip(xs, ys, strict=True) if abs(y) < 1e-9]
+        if zero:
+            ax.plot(
+                [x for x, _ in zero],
+                [0.0] * len(zero),
+                marker="_",
+                ms=10,
+                mew=2.5,
+                ls="",
+                color=bars.patches[0].get_facecolor(),
+            )
+    for row, style, what in ((floor, ":", "Retrain' (noise floor)"), (nothing, "--", "do nothing")):
+        if row is not None and not math.isnan(row["gaps"].get("Avg. Gap", math.nan)):
+            g = row["gaps"]["Avg. Gap"]
+            ax.axhline(g, color="black", ls=style, lw=1, label=f"{what}: Avg. Gap {g:.2f}")
+    ax.set_xticks(range(len(methods)), [str(r["name"]) for r in methods], rotation=20)
+    ax.set_ylabel("|method - Retrain| (points)\nlower is better")
+    top = ax.get_ylim()[1]
+    ax.set_ylim(-0.03 * top, top)  # room below 0, so the zero ticks stand off the axis
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     save_figure(path, lambda p: fig.savefig(p, format="png"))
+
+
+#: Classes per dataset, for the chance level of a collapsed model.
+NUM_CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
+#: A model whose RA or TA is within this many points of chance (100 / classes) has collapsed.
+COLLAPSE_MARGIN = 10.0
+
+
+def collapsed(metrics: dict[str, Any], num_classes: int, margin: float = COLLAPSE_MARGIN) -> bool:
+    """Whether a classifier collapsed while forgetting: its retain (RA) or test (TA) accuracy is
+    within ``margin`` points of chance, 100 / ``num_classes``. Its UA and MIA-Efficacy then say
+    nothing about forgetting (a model that is right about nothing "forgets" everything)."""
+    chance = 100.0 / num_classes
+    return any(
+        isinstance(metrics.get(k), int | float) and metrics[k] <= chance + margin
+        for k in ("RA", "TA")
+    )
+
+
+def collapse_note(num_classes: int, margin: float = COLLAPSE_MARGIN) -> str:
+    chance = 100.0 / num_classes
+    return (
+        f"† collapsed: RA or TA within {margin:.0f} points of chance ({chance:.0f} % for "
+        f"{num_classes} classes) on the seeds named; the model forgot by breaking, so its UA and "
+        "MIA-Efficacy do not measure forgetting."
+    )
+
+
+def _demo_results(folder: Path) -> list[dict[str, Any]]:
+    """The scenarios' metrics.json of one ``salun demo --out`` folder (sorted by name)."""
+    import json
+
+    out = []
+    for path in sorted(folder.glob("*/metrics.json")):
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and "rows" in m and "scenario" in m:
+            out.append(m)
+    return out
+
+
+def _generation_demo(folder: Path) -> dict[str, Any] | None:
+    """The metrics.json of a ``salun demo --task ddpm|text_to_image`` folder, or None."""
+    import json
+
+    try:
+        m = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or "title" not in m:
+        return None
+    has_rows = isinstance(m.get("rows"), list) and bool(m["rows"])
+    return m if has_rows or isinstance(m.get("table"), str) else None
+
+
+def generation_demo_table(m: dict[str, Any]) -> str:
+    """The table of a generation demo's metrics.json again (its own columns)."""
+    if not m.get("rows"):
+        return f"## {m['title']}\n\n{m['table']}\n"
+    skip = {"name", "gaps", "method", "collapsed"}
+    columns = [k for k in m["rows"][0] if k not in skip]
+    return f"## {m['title']}\n\n{markdown_table(m['rows'], columns)}\n"
+
+
+def is_demo_folder(folder: str | Path) -> bool:
+    """A folder written by ``salun demo --out`` (scenario folders with a demo metrics.json, or
+    a DDPM / text-to-image demo's metrics.json)."""
+    folder = Path(folder)
+    return folder.is_dir() and (bool(_demo_results(folder)) or _generation_demo(folder) is not None)
+
+
+def _mean_std(values: list[float]) -> str:
+    import statistics
+
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.2f}"
+    return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+
+
+def demo_report(folders: Sequence[str | Path]) -> str:
+    """Markdown tables of one or more demo folders: per scenario, mean ± std (sample std) over
+    the seeds found (each folder one ``salun demo --seed S`` run), rows in the demo's order.
+    Rows whose model collapsed on a seed (:func:`collapsed`) are marked † with a footnote."""
+    from salun.catalog import display_name
+    from salun.errors import SalunError
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise SalunError(f"folder {str(folder)!r} does not exist")
+        results = _demo_results(folder)
+        generation = _generation_demo(folder)
+        if generation is not None and not results:
+            if len(folders) > 1:
+                raise SalunError(
+                    f"{str(folder)!r} is a generation demo; combining seeds is for the "
+                    "classification demo (salun demo --seed S)"
+                )
+            return generation_demo_table(generation)
+        if not results:
+            raise SalunError(
+                f"{str(folder)!r} holds no demo results (DIR/SCENARIO/metrics.json); "
+                f"run 'salun demo --out {folder}' first, or give a bench folder alone"
+            )
+        for r in results:
+            groups.setdefault((r.get("dataset", "?"), r["scenario"]), []).append(r)
+    columns = ("UA", "MIA-Efficacy", "RA", "TA", "Avg. Gap", "RTE (s)")
+    parts = []
+    for (dataset, _), runs in groups.items():
+        runs = sorted(runs, key=lambda r: r.get("seed", 0))
+        seeds = [r.get("seed") for r in runs]
+        k = NUM_CLASSES.get(dataset, 10)
+        names: list[str] = []
+        for r in runs:
+            for row in r["rows"]:
+                if row["name"] not in names:
+                    names.append(row["name"])
+        acc = _mean_std([r["original"]["info"].get("train_acc", math.nan) for r in runs])
+        title = runs[0]["title"] if len(runs) == 1 else _scenario_title(runs[0], seeds)
+        lines = [f"## {title}", ""]
+        if len(runs) > 1:
+            lines += [f"Original train acc {acc} %.", ""]
+        lines += [
+            "| method | " + " | ".join(columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        any_collapsed = False
+        for name in names:
+            rows = [(r.get("seed"), row) for r in runs for row in r["rows"] if row["name"] == name]
+            bad = [
+                s
+                for s, row in rows
+                if name not in ("Retrain", "Retrain' (noise floor)") and collapsed(row, k)
+            ]
+            cells = [_mean_std([row.get(c, math.nan) for _, row in rows]) for c in columns]
+            label = display_name(name)
+            if bad:
+                any_collapsed = True
+                label += f" † (seed {', '.join(str(s) for s in bad)})"
+            n = f" (n={len(rows)})" if len(rows) != len(runs) else ""
+            lines.append(f"| {label}{n} | " + " | ".join(cells) + " |")
+        if len(runs) > 1:
+            lines += [
+                "",
+                f"Mean ± sample std over seeds {seeds}; Avg. Gap per seed, then averaged.",
+            ]
+        if any_collapsed:
+            lines += ["", collapse_note(k)]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _scenario_title(r: dict[str, Any], seeds: list[Any]) -> str:
+    scenario = r["scenario"]
+    what = "random forgetting" if scenario == "random" else "class-wise forgetting"
+    sizes = r.get("sizes", {})
+    if scenario == "random" and sizes.get("train"):
+        what = f"random {100 * sizes['forget'] / sizes['train']:.0f} % forgetting"
+    forgotten = r.get("forget_class_name")
+    if scenario == "class" and forgotten:
+        what += f" (class {forgotten})"
+    return f"{r.get('dataset', '?')}, {what} ({len(seeds)} seeds: {seeds})"

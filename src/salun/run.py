@@ -329,7 +329,7 @@ def _unlearn_run(
     )
     check_finite_weights(model, "the unlearned model")
     exp.task.save_model(exp, model, tmp)
-    metrics = exp.task.evaluate(exp, model, tmp, "samples")
+    metrics = exp.task.evaluate(exp, model, tmp, cfg.unlearn.method)
     result: dict[str, Any] = {
         "task": cfg.task,
         "method": cfg.unlearn.method,

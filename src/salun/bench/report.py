@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from salun.catalog import display_name
 from salun.errors import SalunError
 from salun.eval.agreement import tug_of_war
 from salun.eval.classification import DEFINITIONS, EVAL_VERSION, METRICS
 from salun.io import save_figure, write_json, write_text
+from salun.report import NUM_CLASSES, collapse_note, collapsed
 
 GAP_KEYS = (*METRICS, "Avg. Gap")
 EXTRA_KEYS = ("ToW", "ZRF", "L2-distance")
@@ -110,6 +112,10 @@ def aggregate(done: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             [(r.get("retrain_distance") or {}).get("L2-distance", math.nan) for r in runs]
         )
         row["time_ratio"] = summarise(ratios)
+        k = NUM_CLASSES.get(runs[0].get("dataset", ""), 10)
+        row["num_classes"] = k
+        if runs[0]["kind"] not in ("retrain", "retrain_prime"):
+            row["collapsed_seeds"] = sorted(r["seed"] for r in runs if collapsed(r["metrics"], k))
         row["original_train_acc"] = summarise([r["original_train_acc"] for r in runs])
         row["estimate"] = summarise(
             [
@@ -185,13 +191,17 @@ def markdown(
         ]
         for r in rows:
             cells = [f"{_pm(r[m])} ({_pm(r['gap'][m])})" for m in METRICS]
+            bad = r.get("collapsed_seeds") or []
+            mark = f" † (seed {', '.join(map(str, bad))})" if bad else ""
             lines.append(
-                f"| {r['label']} | {r['UA']['n']} | "
+                f"| {display_name(r['label'])}{mark} | {r['UA']['n']} | "
                 + " | ".join(cells)
                 + f" | {_pm(r['gap']['Avg. Gap'])}{_vs_floor(r, floor)} | {_ci(r['gap']['Avg. Gap'])}"
                 f" | {_pm(r['RTE'])} "
                 f"| {_pm(r['time_ratio'], 3)} |"
             )
+        if any(r.get("collapsed_seeds") for r in rows):
+            lines += ["", collapse_note(rows[0].get("num_classes", 10))]
         lines += [
             "",
             "More evaluators: ToW (1 = Retrain's accuracies), ZRF, L2 distance of the weights to "
@@ -203,7 +213,7 @@ def markdown(
         ]
         for r in rows:
             lines.append(
-                f"| {r['label']} | {_pm(r['ToW'], 3)} | {_pm(r['ZRF'], 3)} | {_pm(r['L2-distance'])} "
+                f"| {display_name(r['label'])} | {_pm(r['ToW'], 3)} | {_pm(r['ZRF'], 3)} | {_pm(r['L2-distance'])} "
                 f"| {_pm(r['MIA-entropy'])} | {_pm(r['MIA-m_entropy'])} | {_pm(r['Loss-LR AUC'], 3)} |"
             )
         lines.append("")
@@ -246,7 +256,10 @@ def _plots(table: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
 
     files = []
     for scenario, rows in table.items():
-        rows_m = [r for r in rows if r["kind"] != "retrain"]
+        rows_m = [r for r in rows if r["kind"] not in ("retrain", "retrain_prime", "original")]
+        rows_m.sort(
+            key=lambda r: (math.isnan(r["gap"]["Avg. Gap"]["mean"]), r["gap"]["Avg. Gap"]["mean"])
+        )
         fig = Figure(figsize=(1.5 + 1.1 * len(rows_m), 3.4), dpi=110)
         ax = fig.add_subplot()
         means = [r["gap"]["Avg. Gap"]["mean"] for r in rows_m]
@@ -255,11 +268,21 @@ def _plots(table: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
             for r in rows_m
         ]
         ax.bar(range(len(rows_m)), means, yerr=errs, capsize=3, color="tab:blue")
-        ax.set_xticks(range(len(rows_m)), [r["label"] for r in rows_m], rotation=25, ha="right")
-        ax.set_ylabel("Avg. Gap to Retrain (points)")
+        ax.set_xticks(
+            range(len(rows_m)), [display_name(r["label"]) for r in rows_m], rotation=25, ha="right"
+        )
+        ax.set_ylabel("Avg. Gap to Retrain (points)\nlower is better")
         floor = noise_floor(rows)
-        if floor is not None and not math.isnan(floor["mean"]):
-            ax.axhline(floor["mean"], color="grey", ls="--", lw=1, label="noise floor")
+        nothing = next((r["gap"]["Avg. Gap"] for r in rows if r["kind"] == "original"), None)
+        for line, style, what in (
+            (floor, ":", "Retrain' (noise floor)"),
+            (nothing, "--", "do nothing"),
+        ):
+            if line is not None and not math.isnan(line["mean"]):
+                ax.axhline(
+                    line["mean"], color="black", ls=style, lw=1, label=f"{what}: {line['mean']:.2f}"
+                )
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax.set_title(f"{scenario}: Avg. Gap (mean ± std over seeds)", fontsize=9)
         fig.tight_layout()
@@ -278,7 +301,7 @@ def _plots(table: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
                 yerr=0 if math.isnan(ua["std"]) else ua["std"],
                 fmt="*" if r["kind"] == "retrain" else "o",
                 capsize=2,
-                label=r["label"],
+                label=display_name(r["label"]),
             )
         ax.set_xlabel("TA (%)  - utility")
         ax.set_ylabel("UA (%)  - forgetting")

@@ -120,25 +120,46 @@ def sample_and_score(
 
 
 def save_grid(
-    images: torch.Tensor, labels: torch.Tensor, path: str | Path, per_row: int = 10, scale: int = 2
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    path: str | Path,
+    per_row: int = 10,
+    scale: int = 4,
+    title: str | None = None,
+    class_names: list[str] | None = None,
+    gap: int = 2,
 ) -> None:
-    """PNG grid, one row per class (the first ``per_row`` samples of each), written atomically."""
-    from PIL import Image
+    """PNG grid, one row per class (the first ``per_row`` samples of each), written atomically.
 
-    rows = []
-    for k in sorted(set(labels.tolist())):
-        row = images[labels == k][:per_row]
-        if len(row) < per_row:
-            row = torch.cat([row, torch.zeros((per_row - len(row), *images.shape[1:]))])
-        rows.append(torch.cat(list(row), dim=-1))  # C x H x (W * per_row)
-    grid = torch.cat(rows, dim=-2)  # C x (H * classes) x (W * per_row)
-    arr = (grid.clamp(0, 1) * 255).round().byte()
-    arr = arr[0] if arr.shape[0] == 1 else arr.permute(1, 2, 0)
-    img = Image.fromarray(arr.numpy())
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    Samples are upscaled ``scale`` times (nearest neighbour: pixels stay pixels) and ``gap``
+    pixels apart; each row is labelled with its class (``class_names`` or the index), and the
+    grid carries ``title`` (e.g. the model: "Original", "SalUn") above it."""
+    from PIL import Image, ImageDraw
+
+    classes = sorted(set(labels.tolist()))
+    arr = (images.clamp(0, 1) * 255).round().byte()
+    c, h, w = arr.shape[1:]
+    th, tw = h * scale, w * scale
+    names = [class_names[k] if class_names and k < len(class_names) else str(k) for k in classes]
+    label_w = 8 + 7 * max(len(f"class {n}") for n in names)
+    title_h = 18 if title else 4
+    width = label_w + per_row * (tw + gap) + gap
+    height = title_h + len(classes) * (th + gap) + gap
+    mode = "L" if c == 1 else "RGB"
+    canvas = Image.new(mode, (width, height), 255 if mode == "L" else (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    ink = 0 if mode == "L" else (0, 0, 0)
+    if title:
+        draw.text((gap + 2, 3), title, fill=ink)
+    for i, k in enumerate(classes):
+        y = title_h + gap + i * (th + gap)
+        draw.text((4, y + th // 2 - 5), f"class {names[i]}", fill=ink)
+        for j, tile in enumerate(arr[labels == k][:per_row]):
+            t = tile[0] if c == 1 else tile.permute(1, 2, 0)
+            img = Image.fromarray(t.numpy()).resize((tw, th), Image.Resampling.NEAREST)
+            canvas.paste(img, (label_w + gap + j * (tw + gap), y))
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    canvas.save(buf, format="PNG")
     write_bytes(path, buf.getvalue())
 
 

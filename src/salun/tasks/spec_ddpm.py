@@ -10,6 +10,7 @@ judge trained once through the cached trainer.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from salun.catalog import display_name
 from salun.config import Config, check_choice
 from salun.data import DatasetBundle, IndexedDataset
 from salun.errors import SalunError, require_extra
@@ -147,10 +149,17 @@ class Diffusion(DiffusionTask):
     def evaluate(
         self, exp: Experiment, model: nn.Module, out: Path | None = None, tag: str = "samples"
     ) -> dict[str, Any]:
-        """Generation metrics; with ``out``, the sample grid as ``out/<tag>.png``."""
+        """Generation metrics; with ``out``, the sample grid as ``out/grid_<tag>.png`` (``tag``:
+        the model's name, e.g. a method or ``original``; rows labelled by class)."""
         metrics, images, labels = evaluate_ddpm(exp, model)
         if out is not None:
-            save_grid(images, labels, Path(out) / f"{tag}.png")
+            save_grid(
+                images,
+                labels,
+                Path(out) / f"grid_{tag}.png",
+                title=f"{display_name(tag)}: {exp.cfg.data.name}",
+                class_names=list(exp.bundle.train.classes),
+            )
         return metrics
 
     def compare(
@@ -161,8 +170,8 @@ class Diffusion(DiffusionTask):
         result: dict[str, Any],
         out: Path,
     ) -> None:
-        """The original's metrics and its samples (``samples_original.png``)."""
-        result["original"]["metrics"] = self.evaluate(exp, original, out, "samples_original")
+        """The original's metrics and its samples (``grid_original.png``)."""
+        result["original"]["metrics"] = self.evaluate(exp, original, out, "original")
 
 
 META_FILE = "salun.json"
@@ -250,8 +259,12 @@ def load_ddpm(folder: str | Path):
     # folders resolved to absolute paths: a relative name is never taken for a Hub repo id
     kwargs = {"local_files_only": True}
     try:
+        # low_cpu_mem_usage needs accelerate; asking for it without accelerate only warns
         unet = UNet2DModel.from_pretrained(
-            str((folder / "unet").resolve()), use_safetensors=True, **kwargs
+            str((folder / "unet").resolve()),
+            use_safetensors=True,
+            low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+            **kwargs,
         )
         scheduler = DDPMScheduler.from_pretrained(str((folder / "scheduler").resolve()), **kwargs)
     except Exception as e:  # diffusers raises several types for bad configs and weights
