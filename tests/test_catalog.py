@@ -32,3 +32,10 @@ def test_display_names_are_unique_and_prefix_labels():
     assert catalog.display_name("l1_sparse") == "l1-sparse"
     assert catalog.display_name("salun-lr0.005") == "SalUn-lr0.005"
     assert catalog.display_name("unknown label") == "unknown label"
+
+
+def test_catalog_tasks_match_the_task_registry():
+    from salun.registry import TASKS
+
+    builtin = [n for n in TASKS.names() if TASKS.get(n).__module__.startswith("salun.")]
+    assert sorted(catalog.TASKS) == sorted(builtin)

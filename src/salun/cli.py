@@ -129,10 +129,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
     tree = _config(args).to_dict()
-    used = {"ddpm": "diffusion", "text_to_image": "text_to_image"}.get(tree["task"])
-    for section in ("diffusion", "text_to_image"):
-        if section != used:
-            tree.pop(section)  # another task's settings: this config does not use them
+    from salun.registry import TASKS
+
+    sections = {n: getattr(TASKS.get(n), "config_section", None) for n in TASKS.names()}
+    used = sections.get(tree["task"])
+    for section in set(sections.values()) - {None, used}:
+        tree.pop(section, None)  # another task's settings: this config does not use them
     print(yaml.safe_dump(tree, sort_keys=False), end="")
     return 0
 
@@ -830,8 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default="classification",
-        help="a registered task (salun list tasks): classification (default), ddpm or "
-        "text_to_image",
+        help="a registered task (salun list tasks; default classification)",
     )
     p.add_argument("--retrain", action="store_true", help="ddpm: also train Retrain (slower)")
     _no_progress(p)

@@ -46,6 +46,8 @@ class Task(Protocol):
     progress: bool
     #: The preset ``salun ... --task NAME`` starts from when no preset is given (or None).
     default_preset: ClassVar[str | None]
+    #: the task's own section of the configuration (None: it has none), hidden for other tasks
+    config_section: ClassVar[str | None]
     #: Metric keys ``salun eval --json`` prints, in order.
     headline: ClassVar[tuple[str, ...]]
 

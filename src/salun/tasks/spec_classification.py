@@ -39,6 +39,7 @@ class Classification(ClassificationTask):
     """Image classification: cross-entropy objective, safetensors weights, Retrain as reference."""
 
     default_preset: ClassVar[str | None] = None
+    config_section: ClassVar[str | None] = None
     headline: ClassVar[tuple[str, ...]] = ("UA", "MIA-Efficacy", "RA", "TA")
     demo: ClassVar[str] = "salun.demo:run_demo"
     demo_files: ClassVar[str] = "reports, metrics.json and gaps.png"

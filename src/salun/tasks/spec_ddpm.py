@@ -63,6 +63,7 @@ class Diffusion(DiffusionTask):
     """Class-conditional DDPM: noise-prediction objective, diffusers folders, judged samples."""
 
     default_preset: ClassVar[str | None] = "demo-ddpm"
+    config_section: ClassVar[str | None] = "diffusion"
     headline: ClassVar[tuple[str, ...]] = ("UA", "other_acc", "FID")
     demo: ClassVar[str] = "salun.ddpm:run_ddpm_demo"
     demo_files: ClassVar[str] = "report.md, metrics.json and sample grids (grid_*.png)"

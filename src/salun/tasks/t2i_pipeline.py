@@ -440,6 +440,7 @@ class TextToImage(TextToImageTask):
     :func:`prepare_t2i`, runs in :class:`T2IRuns`."""
 
     default_preset: ClassVar[str | None] = "demo-sd"
+    config_section: ClassVar[str | None] = "text_to_image"
     headline: ClassVar[tuple[str, ...]] = ()
     demo: ClassVar[str] = "salun.t2i_demo:run_t2i_demo"
     demo_files: ClassVar[str] = "report.md, metrics.json and grids (grid_*.png)"
