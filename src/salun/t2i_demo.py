@@ -34,20 +34,23 @@ from salun.report import markdown_table
 
 log = logging.getLogger(__name__)
 
+# The split between training captions and evaluation paraphrases is explicit: the UNet learns
+# from TRAIN_TEMPLATES only; the caption used for unlearning (the preset's ``template``) is one
+# of them; HELD_OUT paraphrases never appear in training nor in unlearning (checked below).
 TRAIN_TEMPLATES = (
     "a photo of the digit {}",
-    "an image of the digit {}",
-    "a picture of a handwritten {}",
-    "the number {}",
-    "a handwritten digit {}",
-)
-# Shown after erasure: the caption used for unlearning first, then paraphrases never used by it.
-EVAL_TEMPLATES = (
-    "a photo of the digit {}",
-    "an image of the digit {}",
-    "a picture of a handwritten {}",
+    "a picture of the digit {}",
+    "a handwritten {}",
     "the number {}",
 )
+HELD_OUT_TEMPLATES = (
+    "an image showing a {}",
+    "a {}, drawn by hand",
+    "a scan of the numeral {}",
+    "{} written in ink",
+)
+if set(TRAIN_TEMPLATES) & set(HELD_OUT_TEMPLATES):  # pragma: no cover - a code invariant
+    raise AssertionError("held-out paraphrases must not be training captions")
 DEMO_METHODS: dict[str, dict[str, Any]] = {
     "salun": {
         "form": "paper",
@@ -70,20 +73,45 @@ DEMO_METHODS: dict[str, dict[str, Any]] = {
     },
 }
 SETTINGS = {
-    "vae_epochs": 8,
+    "vae_epochs": 2,
+    "vae_lr": 2e-3,
+    "vae_attention": False,
     "unet_epochs": 40,
     "unet_lr": 2e-3,
+    "unet_batch": 128,
     "judge_epochs": 20,
-    "samples": 20,
+    "samples": 16,
+    "train_limit": None,  # use only the first N training images (tests); None = all
 }
+ORIGINAL_KEYS = (
+    "vae_epochs",
+    "vae_lr",
+    "vae_attention",
+    "unet_epochs",
+    "unet_lr",
+    "unet_batch",
+    "train_limit",
+)
 
 
-def _fit_vae(pipe, images: torch.Tensor, epochs: int, seed: int, progress: bool) -> float:
+def eval_templates(caption: str) -> tuple[str, ...]:
+    """The caption used for unlearning, then the held-out paraphrases."""
+    if caption not in TRAIN_TEMPLATES:
+        raise SalunError(
+            f"demo-sd: text_to_image.template {caption!r} is not a training caption; "
+            f"allowed: {', '.join(repr(x) for x in TRAIN_TEMPLATES)}"
+        )
+    return (caption, *HELD_OUT_TEMPLATES)
+
+
+def _fit_vae(
+    pipe, images: torch.Tensor, epochs: int, lr: float, seed: int, progress: bool
+) -> float:
     """Train the VAE as an autoencoder (MSE + 1e-6 KL), set its latent scaling factor."""
     from tqdm.auto import tqdm
 
     vae = pipe.vae.train().requires_grad_(True)
-    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(epochs), desc="train VAE", disable=not progress, leave=False):
         for idx in torch.randperm(len(images), generator=g).split(64):
@@ -103,56 +131,63 @@ def _fit_vae(pipe, images: torch.Tensor, epochs: int, seed: int, progress: bool)
     return mse
 
 
-def _fit_unet(pipe, latents, classes, labels, epochs, lr, seed, progress):
-    """Latent noise prediction on captions from TRAIN_TEMPLATES (template redrawn per epoch)."""
-    from salun.methods._fit import Optim, fit
-    from salun.t2i import encode_prompts, training_scheduler
-    from salun.tasks.text_to_image import LatentSet, TextToImageTask
+def _fit_unet(pipe, latents, classes, labels, epochs, lr, batch, seed, progress) -> float:
+    """Latent noise prediction on captions drawn from TRAIN_TEMPLATES (a fresh template per image
+    and epoch, caption dropout 0.1 for classifier-free guidance). The UNet and the text encoder
+    learn jointly (the text encoder stands in for SD's pretrained CLIP: a frozen random one gives
+    the UNet too weak a class signal to learn in a CPU budget); both are frozen afterwards, so
+    unlearning touches the UNet only, as on SD. Returns the last epoch's mean loss."""
+    from tqdm.auto import tqdm
 
-    prompts = [tpl.format(c) for tpl in TRAIN_TEMPLATES for c in classes]
-    emb, ids = encode_prompts(pipe, prompts)
-    task = TextToImageTask(
-        emb,
+    from salun.t2i import training_scheduler
+
+    sched = training_scheduler(pipe)
+    tok = pipe.tokenizer
+    prompts = [tpl.format(c) for tpl in TRAIN_TEMPLATES for c in classes] + [""]
+    ids = tok(
         prompts,
-        training_scheduler(pipe),
-        token_ids=ids,
-        p_uncond=0.1,
-        relabel_mode="next",
-        seed=seed,
-        progress=progress,
-    )
-    k, g = len(classes), torch.Generator().manual_seed(seed + 5)
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    unet, text = pipe.unet.train().requires_grad_(True), pipe.text_encoder.train()
+    text.requires_grad_(True)
+    params = [*unet.parameters(), *text.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed + 5)
+    k, null = len(classes), len(prompts) - 1
+    steps = epochs * -(-len(labels) // batch)
+    lr_at = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    mean = 0.0
+    for _ in tqdm(range(epochs), desc="train UNet + text encoder", disable=not progress):
+        total, count = 0.0, 0
+        for idx in torch.randperm(len(labels), generator=g).split(batch):
+            tpl = torch.randint(0, len(TRAIN_TEMPLATES), (len(idx),), generator=g)
+            rows = tpl * k + labels[idx]
+            rows[torch.rand(len(idx), generator=g) < 0.1] = null
+            z0 = latents[idx]
+            eps = torch.randn(z0.shape, generator=g)
+            t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+            emb = text(ids[rows])[0]
+            pred = unet(sched.add_noise(z0, eps, t), t, encoder_hidden_states=emb).sample
+            loss = F.mse_loss(pred, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lr_at.step()
+            total, count = total + float(loss) * len(idx), count + len(idx)
+        mean = total / max(count, 1)
+    unet.eval().requires_grad_(False)
+    text.eval().requires_grad_(False)
+    return mean
 
-    def phases(epoch: int):
-        tpl = torch.randint(0, len(TRAIN_TEMPLATES), (len(labels),), generator=g)
-        data = LatentSet(latents, tpl * k + labels)
-        return [(task.loader(data, 64, True, seed + epoch), task.loss)]
 
-    recipe = Optim(
-        epochs=epochs,
-        lr=lr,
-        optimizer="adam",
-        weight_decay=0.0,
-        momentum=0.0,
-        batch_size=64,
-        schedule="cosine",
-    )
-    task.reseed(seed)
-    fit(pipe.unet, phases, recipe, None, progress, "train UNet")
-    pipe.unet.eval()
-
-
-def _judge(bundle, seed, epochs, progress):
-    from salun.data import IndexedDataset
-    from salun.eval.accuracy import predict
-    from salun.methods._fit import Optim, fit
+def _judge_model(train, seed: int):
     from salun.models import build_model
-    from salun.tasks.classification import ClassificationTask
 
-    train = bundle.train
-    task = ClassificationTask(train.num_classes, progress=progress)
     torch.manual_seed(seed)
-    judge = build_model(
+    return build_model(
         "cnn",
         num_classes=train.num_classes,
         in_channels=train.in_channels,
@@ -161,6 +196,17 @@ def _judge(bundle, seed, epochs, progress):
         mean=train.images.mean(dim=(0, 2, 3)).tolist(),
         std=train.images.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist(),
     )
+
+
+def _judge(bundle, seed, epochs, progress):
+    from salun.data import IndexedDataset
+    from salun.eval.accuracy import predict
+    from salun.methods._fit import Optim, fit
+    from salun.tasks.classification import ClassificationTask
+
+    train = bundle.train
+    task = ClassificationTask(train.num_classes, progress=progress)
+    judge = _judge_model(train, seed)
     loader = task.loader(IndexedDataset(train), 128, True, seed)
     recipe = Optim(epochs=epochs, lr=0.05, batch_size=128, schedule="cosine", weight_decay=5e-4)
     fit(judge, lambda e: [(loader, task.loss)], recipe, None, progress, "judge")
@@ -169,12 +215,12 @@ def _judge(bundle, seed, epochs, progress):
 
 
 @torch.no_grad()
-def _score(exp, unet, judge, classes, forget: int, n: int):
+def _score(exp, unet, judge, classes, forget: int, n: int, templates):
     """Per template: judge accuracy per class of ``n`` samples per class; images of the first."""
     from salun.t2i_run import sample_prompts
 
     out, grids = {}, {}
-    for tpl in EVAL_TEMPLATES:
+    for tpl in templates:
         prompts = [tpl.format(c) for c in classes]
         images = sample_prompts(exp, unet, prompts, n, seed=exp.cfg.seed + 99)
         labels = torch.arange(len(classes)).repeat_interleave(n)
@@ -190,6 +236,73 @@ def _score(exp, unet, judge, classes, forget: int, n: int):
     return out, grids
 
 
+def original_pipeline(cfg, bundle, s: dict[str, Any], progress: bool):
+    """The demo's trained pipeline and judge, from ``cache_dir`` when there (keyed by the
+    settings, captions, seed and torch version); returns (pipe, judge, info)."""
+    from salun.io import hash_obj, read_metadata
+    from salun.run import cache_lock, load_weights, save_weights
+    from salun.t2i import encode_images, load_pipeline, save_pipeline, tiny_pipeline
+
+    t, seed = cfg.text_to_image, cfg.seed
+    classes = list(t.classes)
+    texts = [tpl.format(c) for tpl in (*TRAIN_TEMPLATES, *HELD_OUT_TEMPLATES) for c in classes]
+    key = hash_obj(
+        {
+            "kind": "t2i-demo-v2",
+            "settings": {k: s[k] for k in ORIGINAL_KEYS},
+            "judge_epochs": s["judge_epochs"],
+            "train": TRAIN_TEMPLATES,
+            "texts": texts,
+            "seed": seed,
+            "torch": torch.__version__.split("+")[0],
+        }
+    )[:20]
+    folder = Path(cfg.cache_dir) / f"t2i-demo-{key}"
+    judge_path = Path(cfg.cache_dir) / f"t2i-demo-judge-{key}.safetensors"
+    with cache_lock(folder):
+        if (folder / "model_index.json").is_file() and judge_path.is_file():
+            pipe = load_pipeline(folder)
+            judge = load_weights(_judge_model(bundle.train, seed), judge_path)
+            info = {k: float(v) for k, v in read_metadata(judge_path).items()}
+            log.info("original pipeline and judge from cache %s", folder)
+            return pipe, judge.eval(), {**info, "cache_hit": True, "cache": str(folder)}
+        pipe = tiny_pipeline(
+            texts, image_size=16, channels=1, vae_attention=s["vae_attention"], seed=seed
+        )
+        n = s["train_limit"] or len(bundle.train.labels)
+        images, labels = bundle.train.images[:n], bundle.train.labels[:n]
+        times: dict[str, float] = {}
+        start = time.perf_counter()
+        vae_mse = _fit_vae(pipe, images, s["vae_epochs"], s["vae_lr"], seed, progress)
+        times["vae"] = time.perf_counter() - start
+        start = time.perf_counter()
+        latents = encode_images(pipe, images)
+        unet_loss = _fit_unet(
+            pipe,
+            latents,
+            classes,
+            labels,
+            s["unet_epochs"],
+            s["unet_lr"],
+            s["unet_batch"],
+            seed,
+            progress,
+        )
+        times["unet"] = time.perf_counter() - start
+        start = time.perf_counter()
+        judge, judge_acc = _judge(bundle, seed, s["judge_epochs"], progress)
+        times["judge"] = time.perf_counter() - start
+        info = {
+            "vae_recon_mse": vae_mse,
+            "unet_train_loss": unet_loss,
+            "judge_test_acc": judge_acc,
+            **{f"{k}_seconds": round(v, 2) for k, v in times.items()},
+        }
+        save_pipeline(pipe, folder, meta={"format": "salun-t2i-demo-v2", "classes": classes})
+        save_weights(judge, judge_path, {k: str(v) for k, v in info.items()})
+        return pipe, judge.eval(), {**info, "cache_hit": False, "cache": str(folder)}
+
+
 def run_t2i_demo(
     out: str | Path,
     seed: int = 0,
@@ -198,12 +311,13 @@ def run_t2i_demo(
     settings: dict[str, Any] | None = None,
     methods: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Train, erase, judge; writes ``original/`` (diffusers), grids, ``report.md``, metrics."""
+    """Train (or load from cache), erase, judge; writes ``original/`` (diffusers), grids,
+    ``report.md``, metrics."""
     from salun.data import load_dataset
     from salun.eval.generation import save_grid
     from salun.run import run_log, seed_everything, versions
-    from salun.t2i import encode_images, save_pipeline, tiny_pipeline
-    from salun.t2i_run import prepare_t2i, unlearn_t2i
+    from salun.t2i import save_pipeline
+    from salun.t2i_run import class_index, prepare_t2i, unlearn_t2i
 
     out = Path(out)
     s = {**SETTINGS, **(settings or {})}
@@ -218,6 +332,7 @@ def run_t2i_demo(
         ],
     )
     t = cfg.text_to_image
+    templates = eval_templates(t.template)
     times: dict[str, float] = {}
     cpu: dict[str, float] = {}
     marks: dict[str, float] = {}
@@ -229,6 +344,8 @@ def run_t2i_demo(
         times[name] = time.perf_counter() - marks["wall"]
         cpu[name] = time.process_time() - marks["cpu"]
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     with run_log(out):
         save_config(cfg, out / "config.yaml")
         seed_everything(seed)
@@ -236,36 +353,20 @@ def run_t2i_demo(
         classes = list(t.classes)
         if len(classes) != bundle.train.num_classes:
             raise SalunError(f"demo-sd lists {len(classes)} classes, digits has 10")
-        texts = [tpl.format(c) for tpl in (*TRAIN_TEMPLATES, *EVAL_TEMPLATES) for c in classes]
-        pipe = tiny_pipeline(texts, image_size=16, channels=1, seed=seed)
-        images, labels = bundle.train.images, bundle.train.labels
+        class_index(classes, t.forget_class)
         start()
-        vae_mse = _fit_vae(pipe, images, s["vae_epochs"], seed, progress)
-        stop("vae")
-        start()
-        _fit_unet(
-            pipe,
-            encode_images(pipe, images),
-            classes,
-            labels,
-            s["unet_epochs"],
-            s["unet_lr"],
-            seed,
-            progress,
-        )
-        stop("unet")
+        pipe, judge, orig = original_pipeline(cfg, bundle, s, progress)
+        stop("original pipeline" + (" (from cache)" if orig["cache_hit"] else ""))
         save_pipeline(
-            pipe, out / "original", meta={"format": "salun-t2i-demo-v1", "classes": classes}
+            pipe, out / "original", meta={"format": "salun-t2i-demo-v2", "classes": classes}
         )
-        start()
-        judge, judge_acc = _judge(bundle, seed, s["judge_epochs"], progress)
-        stop("judge")
         start()
         exp = prepare_t2i(cfg, pipe=pipe)
         stop("generate D_f, D_r")
         forget = exp.forget_rows[0]
+        n = s["samples"]
         start()
-        scores = {"original": _score(exp, exp.unet, judge, classes, forget, s["samples"])}
+        scores = {"original": _score(exp, exp.unet, judge, classes, forget, n, templates)}
         stop("evaluate original")
         runs: dict[str, Any] = {}
         for name, params in methods.items():
@@ -274,7 +375,7 @@ def run_t2i_demo(
             stop(name)
             runs[name] = info
             start()
-            scores[name] = _score(exp, model, judge, classes, forget, s["samples"])
+            scores[name] = _score(exp, model, judge, classes, forget, n, templates)
             stop(f"evaluate {name}")
             save_pipeline(
                 exp.pipe,
@@ -283,25 +384,32 @@ def run_t2i_demo(
                 mask=mask,
                 meta={"method": name, "forget_class": classes[forget]},
             )
-        rows, grids_written = [], []
+        rows, per_class, grids_written = [], [], []
         for name, (per_tpl, grids) in scores.items():
             row: dict[str, Any] = {"name": name}
-            for i, tpl in enumerate(EVAL_TEMPLATES):
+            for i, tpl in enumerate(templates):
                 tag = "caption" if i == 0 else f"para {i}"
                 row[f"UA {tag}"] = per_tpl[tpl]["UA"]
                 row[f"others {tag}"] = per_tpl[tpl]["other_acc"]
-            row["time (s)"] = times.get(name, times["unet"] if name == "original" else None)
+                per_class.append(
+                    {
+                        "name": name,
+                        "prompt": tpl,
+                        **dict(zip(classes, per_tpl[tpl]["per_class_acc"], strict=True)),
+                    }
+                )
+            row["time (s)"] = times.get(name)
             rows.append(row)
-            imgs, labs = grids[EVAL_TEMPLATES[0]]
-            save_grid(imgs, labs, out / f"grid_{name}.png", per_row=min(10, s["samples"]))
-            para = torch.cat([grids[tpl][0][labs == forget] for tpl in EVAL_TEMPLATES])
-            plabs = torch.arange(len(EVAL_TEMPLATES)).repeat_interleave(int((labs == forget).sum()))
-            save_grid(
-                para, plabs, out / f"grid_{name}_paraphrases.png", per_row=min(10, s["samples"])
-            )
+            imgs, labs = grids[templates[0]]
+            save_grid(imgs, labs, out / f"grid_{name}.png", per_row=min(10, n))
+            para = torch.cat([grids[tpl][0][labs == forget] for tpl in templates])
+            plabs = torch.arange(len(templates)).repeat_interleave(int((labs == forget).sum()))
+            save_grid(para, plabs, out / f"grid_{name}_paraphrases.png", per_row=min(10, n))
             grids_written += [f"grid_{name}.png", f"grid_{name}_paraphrases.png"]
         columns = [k for k in rows[0] if k != "name"]
         table = markdown_table(rows, columns)
+        class_table = markdown_table(per_class, ["prompt", *classes])
+        judge_acc = orig["judge_test_acc"]
         title = (
             f"Text-to-image class erasure (tiny SD-architecture pipeline, digits 16x16), "
             f"forget '{classes[forget]}', seed {seed}; judge test accuracy {judge_acc:.1f}%"
@@ -309,29 +417,38 @@ def run_t2i_demo(
         result = {
             "title": title,
             "table": table,
+            "per_class_table": class_table,
             "seed": seed,
             "forget_class": classes[forget],
-            "eval_templates": list(EVAL_TEMPLATES),
+            "caption": templates[0],
+            "held_out_paraphrases": list(HELD_OUT_TEMPLATES),
             "train_templates": list(TRAIN_TEMPLATES),
             "scores": {k: v[0] for k, v in scores.items()},
             "runs": runs,
+            "original": orig,
             "judge_test_acc": judge_acc,
-            "vae_recon_mse": vae_mse,
             "settings": s,
+            "methods": methods,
             "times_s": {k: round(v, 2) for k, v in times.items()},
             "cpu_seconds": {k: round(v, 2) for k, v in cpu.items()},
             "threads": torch.get_num_threads(),
             "versions": versions(),
         }
         write_json(out / "metrics.json", result)
+        cache_note = "loaded from cache" if orig["cache_hit"] else "trained in this run"
         write_text(
             out / "report.md",
             f"# {title}\n\n{table}\n\nUA = 100 - judge accuracy on the erased class's images; "
-            f"others = mean judge accuracy on the other classes' images ({s['samples']} samples "
+            f"others = mean judge accuracy on the other classes' images ({n} samples "
             f"per class and prompt, the same noise for every model). 'caption' is the prompt used "
-            f"for unlearning ({EVAL_TEMPLATES[0]!r}); paraphrases: "
-            f"{', '.join(repr(x) for x in EVAL_TEMPLATES[1:])}. Wall times (s): {result['times_s']}; "
-            f"CPU seconds: {result['cpu_seconds']}. "
-            f"Grids: {', '.join(grids_written)}.\n",
+            f"for unlearning ({templates[0]!r}), one of the training captions "
+            f"{', '.join(repr(x) for x in TRAIN_TEMPLATES)}; 'para 1..{len(templates) - 1}' are "
+            f"held-out paraphrases never seen in training nor unlearning: "
+            f"{', '.join(repr(x) for x in HELD_OUT_TEMPLATES)}.\n\n"
+            f"Original pipeline {cache_note} ({orig['cache']}).\n\n"
+            f"## Judge accuracy per class (%)\n\n{class_table}\n\n"
+            f"Wall times (s): {result['times_s']}; CPU seconds: {result['cpu_seconds']}; "
+            f"threads {result['threads']}.\n\nGrids: {', '.join(grids_written)} (caption: one "
+            f"row per class; paraphrases: the erased class, one row per prompt, caption first).\n",
         )
     return result
