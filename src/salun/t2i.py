@@ -197,6 +197,7 @@ def tiny_pipeline(
     channels: int = 1,
     widths: Sequence[int] = (32, 64),
     vae_widths: Sequence[int] = (16, 32),
+    vae_attention: bool = True,
     text_dim: int = 32,
     text_layers: int = 2,
     max_length: int = 16,
@@ -207,6 +208,7 @@ def tiny_pipeline(
 
     Latents have 4 channels at ``image_size / 2**(len(vae_widths) - 1)``; the UNet has one
     cross-attention block per level but the first (as SD's), attending to ``text_dim`` features.
+    ``vae_attention=False`` drops the self-attention of the VAE's middle block (cheaper to train).
     """
     from diffusers import (
         AutoencoderKL,
@@ -246,6 +248,7 @@ def tiny_pipeline(
         latent_channels=4,
         norm_num_groups=8,
         sample_size=image_size,
+        mid_block_add_attention=vae_attention,
     ).eval()
     n = len(widths)
     unet = UNet2DConditionModel(

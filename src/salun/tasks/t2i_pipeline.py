@@ -191,6 +191,7 @@ def prepare_t2i(cfg: Config, pipeline: str | Path | None = None, pipe=None) -> T
                 "unet": hash_state(pipe.unet),
                 "text": hash_obj(emb.numpy().round(5).tolist()),
                 "prompts": prompts,
+                "rows": [f_rows, r_rows],  # which prompts are forgotten (the forget class)
                 "sizes": [t.forget_size, t.retain_size],
                 "sampling": [t.guidance, t.steps, cfg.seed],
             }
