@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from salun.config import load_config, save_config
 from salun.errors import SalunError
 from salun.io import write_json, write_text
+from salun.methods import wants_mask
 from salun.report import markdown_table
 
 log = logging.getLogger(__name__)
@@ -379,7 +380,7 @@ def run_t2i_demo(
         runs: dict[str, Any] = {}
         for name, params in methods.items():
             start()
-            model, info, mask = unlearn_t2i(exp, name, params, mask=name == "salun")
+            model, info, mask = unlearn_t2i(exp, name, params, mask=wants_mask(name))
             stop(name)
             runs[name] = info
             start()
