@@ -244,7 +244,7 @@ def test_cli_unlearn_and_mask(tmp_path, capsys):
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "salun" and (out / "model" / "model_index.json").is_file()
-    assert (out / "mask.safetensors").is_file() and (out / "samples.png").is_file()
+    assert (out / "mask.safetensors").is_file() and (out / "grid_salun.png").is_file()
     rc = main(["mask", "smoke/sd", f"cache_dir={cache}", "--out", str(tmp_path / "m")])
     assert rc == 0 and (tmp_path / "m" / "mask.safetensors").is_file()
     bad = tmp_path / "bad"

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from salun.catalog import display_name
 from salun.config import load_config, save_config
 from salun.errors import SalunError
 from salun.io import write_json, write_text
@@ -395,7 +396,7 @@ def run_t2i_demo(
             )
         rows, per_class, grids_written = [], [], []
         for name, (per_tpl, grids) in scores.items():
-            row: dict[str, Any] = {"name": name}
+            row: dict[str, Any] = {"name": display_name(name)}
             for i, tpl in enumerate(templates):
                 tag = "caption" if i == 0 else f"para {i}"
                 row[f"UA {tag}"] = per_tpl[tpl]["UA"]
@@ -410,10 +411,26 @@ def run_t2i_demo(
             row["time (s)"] = times.get(name)
             rows.append(row)
             imgs, labs = grids[templates[0]]
-            save_grid(imgs, labs, out / f"grid_{name}.png", per_row=min(10, n))
+            shown = display_name(name)
+            save_grid(
+                imgs,
+                labs,
+                out / f"grid_{name}.png",
+                per_row=min(10, n),
+                title=f"{shown}: {templates[0]!r}",
+                class_names=classes,
+            )
             para = torch.cat([grids[tpl][0][labs == forget] for tpl in templates])
             plabs = torch.arange(len(templates)).repeat_interleave(int((labs == forget).sum()))
-            save_grid(para, plabs, out / f"grid_{name}_paraphrases.png", per_row=min(10, n))
+            save_grid(
+                para,
+                plabs,
+                out / f"grid_{name}_paraphrases.png",
+                per_row=min(10, n),
+                title=f"{shown}: {classes[forget]!r} by prompt (row 1 = the caption)",
+                class_names=[tpl.format(classes[forget]) for tpl in templates],
+                row_format="{}",
+            )
             grids_written += [f"grid_{name}.png", f"grid_{name}_paraphrases.png"]
         columns = [k for k in rows[0] if k != "name"]
         table = markdown_table(rows, columns)

@@ -128,6 +128,7 @@ def save_grid(
     title: str | None = None,
     class_names: list[str] | None = None,
     gap: int = 2,
+    row_format: str = "class {}",
 ) -> None:
     """PNG grid, one row per class (the first ``per_row`` samples of each), written atomically.
 
@@ -141,7 +142,8 @@ def save_grid(
     c, h, w = arr.shape[1:]
     th, tw = h * scale, w * scale
     names = [class_names[k] if class_names and k < len(class_names) else str(k) for k in classes]
-    label_w = 8 + 7 * max(len(f"class {n}") for n in names)
+    rows = [row_format.format(n) for n in names]
+    label_w = 8 + 7 * max(len(r) for r in rows)
     title_h = 18 if title else 4
     width = label_w + per_row * (tw + gap) + gap
     height = title_h + len(classes) * (th + gap) + gap
@@ -153,7 +155,7 @@ def save_grid(
         draw.text((gap + 2, 3), title, fill=ink)
     for i, k in enumerate(classes):
         y = title_h + gap + i * (th + gap)
-        draw.text((4, y + th // 2 - 5), f"class {names[i]}", fill=ink)
+        draw.text((4, y + th // 2 - 5), rows[i], fill=ink)
         for j, tile in enumerate(arr[labels == k][:per_row]):
             t = tile[0] if c == 1 else tile.permute(1, 2, 0)
             img = Image.fromarray(t.numpy()).resize((tw, th), Image.Resampling.NEAREST)

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from salun.catalog import display_name
 from salun.config import Config, save_config
 from salun.errors import SalunError, unknown_choice
 from salun.experiment import run_folder, versions
@@ -343,7 +344,16 @@ def run_unlearn_t2i(
         )
         n = t.eval_samples
         labels = torch.arange(len(shown)).repeat_interleave(n)
-        save_grid(sample_prompts(exp, model, shown, n), labels, out / "samples.png", per_row=n)
+        method = cfg.unlearn.method
+        save_grid(
+            sample_prompts(exp, model, shown, n),
+            labels,
+            out / f"grid_{method}.png",
+            per_row=n,
+            title=display_name(method),
+            class_names=shown,
+            row_format="{}",  # rows are prompts
+        )
         result: dict[str, Any] = {
             "task": "text_to_image",
             "method": cfg.unlearn.method,
@@ -360,8 +370,11 @@ def run_unlearn_t2i(
             save_grid(
                 sample_prompts(exp, exp.unet, shown, n),
                 labels,
-                out / "samples_original.png",
+                out / "grid_original.png",
                 per_row=n,
+                title="Original",
+                class_names=shown,
+                row_format="{}",
             )
             result["original"] = {
                 "forget_mse": exp.task.mean_loss(exp.unet, exp.forget),
