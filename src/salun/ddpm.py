@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,33 +84,47 @@ def run_ddpm_demo(
     overrides: list[str] | None = None,
     methods: dict[str, dict[str, Any]] | None = None,
     retrain: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train a class-conditional DDPM on digits, erase one digit with each method, score them.
+
+    ``say`` receives one line per step (the CLI prints them; library code only logs).
 
     Writes ``grid_<name>.png`` (one row per class), ``report.md`` and ``metrics.json``; the
     folder is built beside ``out`` and renamed onto it (complete or absent).
     """
     out = Path(out)
+
+    def tell(line: str) -> None:
+        log.info(line)
+        if say is not None:
+            say(f"DDPM demo: {line}")
+
     cfg = load_config("demo-ddpm", [f"seed={seed}", f"progress={progress}", *(overrides or [])])
     methods = copy.deepcopy(DDPM_DEMO_METHODS if methods is None else methods)
     exp = prepare(cfg)
     with run_folder(out) as out:  # staged, renamed onto out at the end
         save_config(cfg, out / "config.yaml")
         exp.split.save(out / "split.json")
+        tell(f"training the original DDPM, {cfg.train.epochs} epochs")
         original, orig_info = train_model(exp, "original")
+        tell("training the judge classifier (or loading it from the cache)")
         judge, judge_info = judge_for(exp)
+        tell("sampling and scoring the original")
         om, img, lab = evaluate_ddpm(exp, original)
         names = list(exp.bundle.train.classes)
         save_grid(img, lab, out / "grid_original.png", title="Original", class_names=names)
         rows = [_row("Original", om, orig_info.get("seconds"))]
         runs: dict[str, Any] = {"original": {"info": orig_info, "metrics": om}}
         if retrain:
+            tell(f"training Retrain (without the forget class), {cfg.train.epochs} epochs")
             model, info = train_model(exp, "retrain")
             m, img, lab = evaluate_ddpm(exp, model)
             save_grid(img, lab, out / "grid_retrain.png", title="Retrain", class_names=names)
             rows.append(_row("Retrain", m, info.get("seconds")))
             runs["retrain"] = {"info": info, "metrics": m}
-        for name, params in methods.items():
+        for i, (name, params) in enumerate(methods.items(), 1):
+            tell(f"unlearning with {display_name(name)} ({i}/{len(methods)}), then sampling")
             model, info = unlearn_once(exp, original, name, params, mask=wants_mask(name))
             m, img, lab = evaluate_ddpm(exp, model)
             save_grid(
