@@ -578,6 +578,12 @@ def _partials(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if ".partial-" in p.name]
 
 
+def _default_sigint() -> None:
+    # A shell's background job (``cmd &``, nohup) starts with SIGINT ignored, and Python then
+    # leaves it ignored; a terminal user's Ctrl-C reaches a foreground process: simulate that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exit_130_one_line(tmp_path):
     out = tmp_path / "run"
     proc = _salun(
@@ -587,6 +593,7 @@ def test_ctrl_c_exit_130_one_line(tmp_path):
         f"cache_dir={tmp_path / 'c'}",
         "--out",
         str(out),
+        preexec_fn=_default_sigint,
     )
     _wait_for(lambda: any((p / "config.yaml").exists() for p in _partials(tmp_path)), proc)
     time.sleep(0.3)
