@@ -45,7 +45,18 @@ def test_demo_digits_fallback_small(tmp_path, capsys):
     assert all(f"unlearn.method={n} " in config for n in m["methods"])
     report = (folder / "report.md").read_text()
     assert "**RA**" in report and "ZRF" not in report  # defines only what its tables show
+    assert "‡" not in printed  # a fresh cache: every model trained by this run
     _check_report_of_demo_folders(out, tmp_path, m, capsys)
+    # again on the same cache: Retrain and Retrain' come from it, and their RTE is marked
+    args = ["demo", "--dataset", "digits", "--out", str(tmp_path / "again"), "--no-progress"]
+    args += ["data.train_subset=500", "data.test_subset=200", "train.epochs=6"]
+    assert main([*args, f"cache_dir={tmp_path / 'cache'}"]) == 0
+    printed = capsys.readouterr().out
+    assert "| Retrain ‡ |" in printed and "| Retrain' (noise floor) ‡ |" in printed
+    assert (
+        "‡ loaded from the cache"
+        in (tmp_path / "again" / "digits-class-seed0" / "report.md").read_text()
+    )
 
 
 def _check_report_of_demo_folders(out, tmp_path, m, capsys):

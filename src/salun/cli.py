@@ -302,6 +302,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "say": lambda line: print(line, flush=True),
     }
     accepted = inspect.signature(run).parameters
+    if "retrain" not in accepted:  # a demo without its own meaning of --retrain: refresh caches
+        from salun.experiment import set_refresh
+
+        set_refresh(args.retrain)
     r = run(out, **{k: v for k, v in offered.items() if k in accepted})
     for one in r if isinstance(r, list) else [r]:
         print(f"\n## {one['title']}\n")
@@ -834,7 +838,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="classification",
         help="a registered task (salun list tasks; default classification)",
     )
-    p.add_argument("--retrain", action="store_true", help="ddpm: also train Retrain (slower)")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="ddpm: also train Retrain (slower); classification: re-train the cached original, "
+        "Retrain and Retrain' instead of loading them",
+    )
     _no_progress(p)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -142,6 +142,8 @@ def run_scenario(
             _row("Retrain' (noise floor)", floor["metrics"], floor["info"].get("seconds"), ref),
             _row("Original (do nothing)", orig_metrics, 0.0, ref),
         ]
+        for row, info in zip(rows[:2], (retrain_info, floor["info"]), strict=True):
+            row["cached"] = bool(info.get("cache_hit"))  # its RTE is the cache entry's
         runs: dict[str, Any] = {}
         for i, (name, params) in enumerate(methods.items(), 1):
             shown = display_name(name)
@@ -171,9 +173,22 @@ def run_scenario(
             f"(original train acc {orig_info['train_acc']:.1f}%)"
         )
         table = markdown_table(
-            [{**r, "name": r["name"] + (" †" if r.get("collapsed") else "")} for r in rows]
+            [
+                {
+                    **r,
+                    "name": r["name"]
+                    + (" †" if r.get("collapsed") else "")
+                    + (" ‡" if r.get("cached") else ""),
+                }
+                for r in rows
+            ]
         )
         notes_after = floor_note(floor["floor"]) + ("\n\n" + collapse_note(k) if bad else "")
+        if any(r.get("cached") for r in rows):
+            notes_after += (
+                "\n\n‡ loaded from the cache: its RTE is the training time of the run that made "
+                "the cache entry (`salun demo --retrain` or an empty cache_dir trains it again)"
+            )
         result = {
             "title": title,
             "dataset": cfg.data.name,
