@@ -21,8 +21,8 @@ def test_catalog_matches_method_registry():
 
 
 def test_catalog_matches_models_and_datasets():
-    assert tuple(MODELS) == catalog.MODELS
-    assert tuple(DATASETS) == catalog.DATASETS
+    assert list(MODELS) == sorted(catalog.MODELS)
+    assert list(DATASETS) == sorted(catalog.DATASETS)
 
 
 def test_display_names_are_unique_and_prefix_labels():

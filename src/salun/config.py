@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -360,7 +361,8 @@ def save_config(cfg: Config, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def _check_choice(kind: str, value: Any, allowed: tuple[str, ...]) -> None:
+def _check_choice(kind: str, value: Any, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)  # a tuple of names or a Registry
     if value not in allowed:
         raise unknown_choice(kind, value, allowed)
 
@@ -427,7 +429,7 @@ def validate(cfg: Config) -> Config:
 CONFIG_ORDER = ("task", "method", "bench")
 
 
-def check_choice(kind: str, value: Any, allowed: tuple[str, ...]) -> None:
+def check_choice(kind: str, value: Any, allowed: Iterable[str]) -> None:
     """One-line error unless ``value`` is one of ``allowed`` (for the registered checks)."""
     _check_choice(kind, value, allowed)
 

@@ -29,7 +29,7 @@ from salun.run import (
     evaluate,
     noise_floor,
     prepare,
-    run_log,
+    run_folder,
     save_calibration,
     train_model,
     unlearn_once,
@@ -123,7 +123,7 @@ def run_scenario(
     exp = prepare(cfg)
     what = _scenario_words(cfg, exp.split)
     head = f"{where}{what}"
-    with run_log(out):
+    with run_folder(out) as out:  # staged: the scenario folder is complete or absent
         save_config(cfg, out / "config.yaml")
         config_text = (out / "config.yaml").read_text(encoding="utf-8")
         write_text(out / "config.yaml", _methods_comment(methods) + config_text)

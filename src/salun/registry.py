@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from salun.errors import unknown_choice
@@ -50,8 +50,24 @@ class Registry(Generic[T]):
         self._load()
         return name in self._items
 
+    def __iter__(self) -> Iterator[str]:
+        """The registered names, sorted (``", ".join(MODELS)``, ``pytest.mark.parametrize``)."""
+        return iter(self.names())
+
 
 METHODS: Registry[type] = Registry("method", "salun.methods")
+
+
+MODELS: Registry[Callable[..., Any]] = Registry("model", "salun.models")
+"""Image classifiers: builder functions ``(num_classes, in_channels, image_size, width, mean,
+std) -> nn.Module`` registered by :mod:`salun.models` (``@MODELS.register("name")``);
+:func:`salun.models.build_model` looks the name up here."""
+
+
+DATASETS: Registry[Any] = Registry("dataset", "salun.data.datasets")
+"""Image datasets read from local files: :class:`salun.data.datasets.DatasetSource` entries
+registered by :mod:`salun.data.datasets`; :func:`salun.data.load_dataset` looks the name up
+here."""
 
 
 TASKS: Registry[Any] = Registry("task", "salun.tasks")

@@ -325,7 +325,7 @@ def run_t2i_demo(
     ``report.md``, metrics."""
     from salun.data import load_dataset
     from salun.eval.generation import save_grid
-    from salun.run import run_log, seed_everything, versions
+    from salun.run import run_folder, seed_everything, versions
     from salun.t2i import save_pipeline
     from salun.t2i_run import class_index, prepare_t2i, unlearn_t2i
 
@@ -356,7 +356,7 @@ def run_t2i_demo(
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with run_log(out):
+    with run_folder(out) as out:  # staged: the demo folder is complete or absent
         save_config(cfg, out / "config.yaml")
         seed_everything(seed)
         bundle = load_dataset("digits", None, 16)

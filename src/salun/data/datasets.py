@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from salun.errors import SalunError, unknown_choice
+from salun.errors import SalunError
+from salun.registry import DATASETS  # name -> DatasetSource, registered at the end
 
 logger = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "cifar10", "cifar100", "svhn")
 
 FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -119,6 +119,23 @@ class DatasetBundle:
     test: ImageData
 
 
+@dataclass(frozen=True)
+class DatasetSource:
+    """How :func:`load_dataset` reads one registered dataset.
+
+    Attributes:
+        load: ``folder -> DatasetBundle`` (``folder`` is None when ``needs_folder`` is False).
+        needs_folder: Whether the files live in a folder (``data.data_dir``).
+        default_dir: The folder used when ``data.data_dir`` is not given (None: required).
+        default_size: Image size when ``image_size`` is not given (None: native size).
+    """
+
+    load: Callable[[Path | None], DatasetBundle]
+    needs_folder: bool = True
+    default_dir: Path | None = None
+    default_size: int | None = None
+
+
 class IndexedDataset(Dataset):
     """Dataset over :class:`ImageData` restricted to given indices.
 
@@ -195,29 +212,15 @@ def load_dataset(
     Raises:
         SalunError: Unknown name, missing or malformed files, or a bad ``image_size``.
     """
-    if name not in DATASETS:
-        raise unknown_choice("dataset", name, DATASETS)
+    source: DatasetSource = DATASETS.get(name)  # unknown names fail here, listing the others
     if image_size is not None and (
         isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1
     ):
         raise SalunError(f"image_size must be a positive integer, got {image_size!r}")
 
-    size: int | None
-    if name == "digits":
-        bundle = _load_digits()
-        size = image_size if image_size is not None else DIGITS_DEFAULT_SIZE
-    else:
-        folder = _resolve_dir(name, data_dir)
-        if name == "fashion-mnist":
-            bundle = _load_fashion_mnist(folder)
-        elif name == "cifar10":
-            bundle = _load_cifar10(folder)
-        elif name == "cifar100":
-            bundle = _load_cifar100(folder)
-        else:
-            bundle = _load_svhn(folder)
-        size = image_size
-
+    folder = _resolve_dir(name, data_dir, source.default_dir) if source.needs_folder else None
+    bundle = source.load(folder)
+    size = image_size if image_size is not None else source.default_size
     if size is not None:
         bundle = DatasetBundle(train=_resize(bundle.train, size), test=_resize(bundle.test, size))
     logger.info(
@@ -236,10 +239,10 @@ def load_dataset(
 # --------------------------------------------------------------------------- helpers
 
 
-def _resolve_dir(name: str, data_dir: str | Path | None) -> Path:
+def _resolve_dir(name: str, data_dir: str | Path | None, default: Path | None) -> Path:
     if data_dir is None:
-        if name == "fashion-mnist":
-            return FASHION_MNIST_DEFAULT_DIR
+        if default is not None:
+            return default
         raise SalunError(
             f"dataset {name!r} needs data.data_dir=FOLDER (a key=value override, or data_dir "
             f"under data: in the config) pointing at a folder with its files"
@@ -517,3 +520,23 @@ def _load_svhn(folder: Path) -> DatasetBundle:
     return DatasetBundle(
         train=_load_svhn_split(paths["train"]), test=_load_svhn_split(paths["test"])
     )
+
+
+# --------------------------------------------------------------------------- registry
+def _folder(read: Callable[[Path], DatasetBundle]) -> Callable[[Path | None], DatasetBundle]:
+    def load(folder: Path | None) -> DatasetBundle:
+        assert folder is not None  # needs_folder=True: load_dataset resolved it
+        return read(folder)
+
+    return load
+
+
+DATASETS.register("digits")(
+    DatasetSource(lambda _: _load_digits(), needs_folder=False, default_size=DIGITS_DEFAULT_SIZE)
+)
+DATASETS.register("fashion-mnist")(
+    DatasetSource(_folder(_load_fashion_mnist), default_dir=FASHION_MNIST_DEFAULT_DIR)
+)
+DATASETS.register("cifar10")(DatasetSource(_folder(_load_cifar10)))
+DATASETS.register("cifar100")(DatasetSource(_folder(_load_cifar100)))
+DATASETS.register("svhn")(DatasetSource(_folder(_load_svhn)))

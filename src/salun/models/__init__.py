@@ -17,14 +17,28 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from salun.errors import SalunError, unknown_choice
+from salun.errors import SalunError
 from salun.models.cnn import SmallCNN
 from salun.models.normalize import Normalize
 from salun.models.resnet import ResNet18
 from salun.models.vgg import VGG16BN
+from salun.registry import MODELS  # names accepted by build_model (a registry)
 
-#: Names accepted by :func:`build_model`.
-MODELS: tuple[str, ...] = ("resnet18", "vgg16_bn", "cnn")
+
+@MODELS.register("resnet18")
+def _resnet18(num_classes, in_channels, image_size, width, mean, std) -> nn.Module:
+    return ResNet18(num_classes, in_channels, width, mean, std)
+
+
+@MODELS.register("vgg16_bn")
+def _vgg16_bn(num_classes, in_channels, image_size, width, mean, std) -> nn.Module:
+    return VGG16BN(num_classes, in_channels, image_size, width, mean, std)
+
+
+@MODELS.register("cnn")
+def _cnn(num_classes, in_channels, image_size, width, mean, std) -> nn.Module:
+    return SmallCNN(num_classes, in_channels, width, mean, std)
+
 
 __all__ = ["MODELS", "Normalize", "ResNet18", "SmallCNN", "VGG16BN", "build_model"]
 
@@ -56,8 +70,7 @@ def build_model(
     Raises:
         SalunError: For an unknown name or a non-positive / too small size argument.
     """
-    if name not in MODELS:
-        raise unknown_choice("model", name, MODELS)
+    builder = MODELS.get(name)  # unknown names fail here, listing the registered ones
     for arg, value, low in (
         ("num_classes", num_classes, 1),
         ("in_channels", in_channels, 1),
@@ -66,11 +79,7 @@ def build_model(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SalunError(f"model {arg} must be an integer >= {low}, got {value!r}")
-    if name == "resnet18":
-        return ResNet18(num_classes, in_channels, width, mean, std)
-    if name == "vgg16_bn":
-        return VGG16BN(num_classes, in_channels, image_size, width, mean, std)
-    return SmallCNN(num_classes, in_channels, width, mean, std)
+    return builder(num_classes, in_channels, image_size, width, mean, std)
 
 
 def reinitialise(model: nn.Module, seed: int) -> set[str]:

@@ -177,17 +177,27 @@ class DiffusionTask:
     def labels_of(self, dataset: Dataset) -> torch.Tensor:
         return dataset_labels(dataset)
 
-    @torch.no_grad()
     def mean_loss(self, model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
         """Noise MSE over a dataset with the true labels (one fixed draw of t and eps)."""
-        was_training = model.training
-        model.eval()
-        saved = self.generator.get_state()
-        self.generator.manual_seed(12345)
-        total, n = 0.0, 0
-        for b in self.loader(dataset, batch_size, False):
-            total += float(self.forget_loss(model, b)) * len(b[1])
+        return fixed_draw_loss(self, model, dataset, batch_size)
+
+
+@torch.no_grad()
+def fixed_draw_loss(task: Any, model: nn.Module, dataset: Dataset, batch_size: int) -> float:
+    """Mean ``task.forget_loss`` over ``dataset`` with one fixed draw of timesteps and noise
+    (``task.generator`` reseeded to 12345, then restored), so two models or two epochs are
+    compared on the same noise. Shared by the diffusion tasks (class-conditional DDPM and
+    text-to-image)."""
+    was_training = model.training
+    model.eval()
+    saved = task.generator.get_state()
+    task.generator.manual_seed(12345)
+    total, n = 0.0, 0
+    try:
+        for b in task.loader(dataset, batch_size, False):
+            total += float(task.forget_loss(model, b)) * len(b[1])
             n += len(b[1])
-        self.generator.set_state(saved)
+    finally:
+        task.generator.set_state(saved)
         model.train(was_training)
-        return total / max(n, 1)
+    return total / max(n, 1)

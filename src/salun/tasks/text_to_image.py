@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from salun.errors import SalunError, unknown_choice
 from salun.tasks.classification import dataset_labels, position_loader
-from salun.tasks.ddpm import relabelled_mse
+from salun.tasks.ddpm import fixed_draw_loss, relabelled_mse
 
 log = logging.getLogger(__name__)
 
@@ -206,20 +206,9 @@ class TextToImageTask:
     def labels_of(self, dataset: Dataset) -> torch.Tensor:
         return dataset_labels(dataset)
 
-    @torch.no_grad()
     def mean_loss(self, model: nn.Module, dataset: Dataset, batch_size: int = 64) -> float:
         """Noise MSE over a dataset with its own prompts (one fixed draw of t and eps)."""
-        was_training = model.training
-        model.eval()
-        saved = self.generator.get_state()
-        self.generator.manual_seed(12345)
-        total, n = 0.0, 0
-        for b in self.loader(dataset, batch_size, False):
-            total += float(self.forget_loss(model, b)) * len(b[1])
-            n += len(b[1])
-        self.generator.set_state(saved)
-        model.train(was_training)
-        return total / max(n, 1)
+        return fixed_draw_loss(self, model, dataset, batch_size)
 
 
 def cross_attention_names(model: nn.Module) -> list[str]:
