@@ -121,7 +121,9 @@ def test_readme_commands_parse_and_resolve():
             _resolve(argv)
 
 
-def _run(line: str, cwd, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _run(
+    line: str, cwd, extra_env: dict[str, str] | None = None, timeout: float = 1800
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC, **(extra_env or {})}
     argv = _salun_argv(line)
     assert argv is not None, line
@@ -133,7 +135,7 @@ def _run(line: str, cwd, extra_env: dict[str, str] | None = None) -> subprocess.
         env=env,
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=timeout,
     )
 
 
@@ -201,11 +203,15 @@ def test_readme_blocks_run_literally(tmp_path):
     benches and demos run at their documented sizes). `make` lines are covered by the lines
     they stand for; lines needing hardware or weights not here are listed in NEEDS_MORE."""
     times = []
-    for _, line in readme_commands():
+    for i, (_, line) in enumerate(readme_commands()):
         if line.startswith("make ") or any(line.startswith(k) for k in NEEDS_MORE):
             continue
         t0 = time.perf_counter()
-        r = _run(line, tmp_path)
+        r = _run(line, tmp_path, timeout=4 * 3600)  # a bench at its documented size: ~30 min
         times.append((line, time.perf_counter() - t0))
+        # each line's output stays beside its results (pytest --basetemp=DIR keeps them)
+        (tmp_path / f"readme-line-{i:02d}.log").write_text(
+            f"$ {line}\n{r.stdout}\n--- stderr ---\n{r.stderr}", encoding="utf-8"
+        )
         assert r.returncode == 0, f"{line}\n{r.stderr[-2000:]}"
     print("\n".join(f"{s:8.1f} s  {line}" for line, s in times))
