@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,36 @@ def top_k_mask(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     return masks
 
 
+def grad_sums(
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: Callable[[Any], tuple[torch.Tensor, float]],
+    power: int = 1,
+) -> tuple[dict[str, torch.Tensor], float, float]:
+    """The one gradient-accumulation loop: for each batch, ``loss, w = loss_fn(batch)``, then
+    the gradient of ``loss * w`` (raised to ``power``) is added per trainable parameter (by
+    name). Used by the saliency (power 1, ``w`` = batch size), SSD's importances (power 2,
+    ``w`` = 1), the diagonal Fisher (power 2, ``w`` = batch size) and IU's mean gradient.
+
+    Returns (sums by parameter name, total weight, sum of ``loss * w``); gradients are cleared.
+    """
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    sums = {n: torch.zeros_like(p) for n, p in params.items()}
+    weight, loss_sum = 0.0, 0.0
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        loss, w = loss_fn(batch)
+        (loss * w).backward()
+        for n, p in params.items():
+            if p.grad is not None:
+                g = p.grad.detach()
+                sums[n] += g if power == 1 else g.pow(power)
+        weight += w
+        loss_sum += float(loss.detach()) * w
+    model.zero_grad(set_to_none=True)
+    return sums, weight, loss_sum
+
+
 def gradient_saliency(
     model: nn.Module, loader, task, progress: bool = True, desc: str = "saliency"
 ) -> tuple[dict[str, torch.Tensor], float]:
@@ -192,20 +223,12 @@ def gradient_saliency(
     """
     was_training = model.training
     model.eval()  # BatchNorm uses its running statistics, as in the paper
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    grads = {n: torch.zeros_like(p) for n, p in params.items()}
-    stats = torch.zeros(2, dtype=torch.float64)  # [sum of loss * batch size, samples]
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        size = len(batch[1])
-        model.zero_grad(set_to_none=True)
-        loss = task.forget_loss(model, batch)
-        (loss * size).backward()
-        for n, p in params.items():
-            if p.grad is not None:
-                grads[n] += p.grad
-        stats[0] += float(loss.detach()) * size
-        stats[1] += size
-    model.zero_grad(set_to_none=True)
+    grads, samples, loss_sum = grad_sums(
+        model,
+        tqdm(loader, desc=desc, disable=not progress, leave=False),
+        lambda batch: (task.forget_loss(model, batch), len(batch[1])),
+    )
+    stats = torch.tensor([loss_sum, samples], dtype=torch.float64)
     if dist.is_available() and dist.is_initialized():
         for g in grads.values():
             dist.all_reduce(g)

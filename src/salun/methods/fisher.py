@@ -40,7 +40,7 @@ from torch.utils.data import Subset
 from salun.errors import SalunError
 from salun.methods import UnlearnData, require_nonempty
 from salun.registry import METHODS
-from salun.saliency import MaskGuard
+from salun.saliency import MaskGuard, grad_sums
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +49,19 @@ FORMS = ("paper", "code")
 
 def diagonal_fisher(model, dataset, task, batch_size: int, generator: torch.Generator) -> dict:
     """Diagonal Fisher (model-sampled labels, batch-summed scores), eval mode, by name."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    fisher = {n: torch.zeros_like(p) for n, p in named}
-    count = 0
     model.eval()
-    for batch in task.loader(dataset, batch_size, shuffle=False):
+
+    def loss_of(batch):
         x, _, _ = task.batch(batch)
         with torch.no_grad():
             probs = torch.softmax(task.logits(model, x).float(), dim=1).cpu()
         labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        size = len(labels)
-        model.zero_grad(set_to_none=True)
-        # task.loss is the mean CE = -mean log p(y|x): scale to the sum of log-likelihoods
-        (task.loss(model, batch, labels=labels) * size).backward()
-        for n, p in named:
-            if p.grad is not None:
-                fisher[n] += p.grad.detach() ** 2
-        count += size
-    model.zero_grad(set_to_none=True)
+        # task.loss is the mean CE = -mean log p(y|x): scaled by the size, the sum of log-likelihoods
+        return task.loss(model, batch, labels=labels), len(labels)
+
+    fisher, count, _ = grad_sums(
+        model, task.loader(dataset, batch_size, shuffle=False), loss_of, power=2
+    )
     return {n: f / max(count, 1) for n, f in fisher.items()}
 
 

@@ -35,7 +35,7 @@ from torch.utils.data import Subset
 from salun.errors import SalunError
 from salun.methods import UnlearnData, require_nonempty
 from salun.registry import METHODS
-from salun.saliency import MaskGuard
+from salun.saliency import MaskGuard, grad_sums
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,13 @@ def flat_grad(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
 
 def mean_gradient(model: nn.Module, dataset, task, batch_size: int) -> tuple[torch.Tensor, int]:
     """Gradient of the mean CE over ``dataset`` (batch means weighted by size), eval mode."""
-    params = trainable(model)
-    total = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
-    count = 0
-    for batch in task.loader(dataset, batch_size, shuffle=False):
-        size = len(batch[1])
-        total += flat_grad(task.loss(model, batch), params) * size
-        count += size
-    return total / max(count, 1), count
+    sums, count, _ = grad_sums(
+        model,
+        task.loader(dataset, batch_size, shuffle=False),
+        lambda batch: (task.loss(model, batch), len(batch[1])),
+    )
+    total = torch.cat([g.reshape(-1) for g in sums.values()])
+    return total / max(count, 1), int(count)
 
 
 def woodfisher_inverse_product(grads, v: torch.Tensor, damping: float, n: int) -> torch.Tensor:

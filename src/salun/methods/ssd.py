@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from salun.errors import SalunError, unknown_choice
 from salun.methods import UnlearnData, require_nonempty
 from salun.registry import METHODS
+from salun.saliency import grad_sums
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,12 @@ REFERENCES = ("full", "retain")
 
 def fisher_diagonal(model, loader, task, desc: str = "importance") -> dict[str, torch.Tensor]:
     """Mean over batches of the squared gradient of the batch-mean CE (true labels)."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    imp = {n: torch.zeros_like(p) for n, p in params.items()}
-    batches = 0
-    for batch in tqdm(loader, desc=desc, disable=not task.progress, leave=False):
-        model.zero_grad(set_to_none=True)
-        task.loss(model, batch).backward()
-        for n, p in params.items():
-            if p.grad is not None:
-                imp[n] += p.grad.detach().pow(2)
-        batches += 1
-    model.zero_grad(set_to_none=True)
+    imp, batches, _ = grad_sums(
+        model,
+        tqdm(loader, desc=desc, disable=not task.progress, leave=False),
+        lambda batch: (task.loss(model, batch), 1),
+        power=2,
+    )
     return {n: v / max(batches, 1) for n, v in imp.items()}
 
 
