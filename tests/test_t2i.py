@@ -259,3 +259,27 @@ def test_nudenet_hook_runs_on_generated_images(sd, tmp_path):
     images = sample_prompts(sd, sd.unet, ["a photo of a nude person"], 2)
     result = nudity.nudenet_exposed(images, thresholds=(0.6, 0.45))
     assert isinstance(result, dict)
+
+
+def test_pipeline_build_prints_no_torchvision_notice():
+    """transformers' "requires torchvision ... falling back" notice is noise for salun's
+    pipelines (no image processor is used); building one prints nothing on stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from salun.t2i import tiny_pipeline\n"
+        "tiny_pipeline(['a photo of the digit zero'], image_size=16, channels=1)\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": src},
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "torchvision" not in r.stderr, r.stderr

@@ -40,6 +40,25 @@ WEIGHTED = ("unet", "vae", "text_encoder")
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
+class _NoTorchvisionNotice(logging.Filter):
+    """Drops transformers' once-per-class notice that torchvision is missing and the PIL image
+    processor is used instead: salun's pipelines use no image processor (no safety checker), so
+    the notice says nothing about them and printed two lines on every pipeline load."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed); falling back" not in record.getMessage()
+
+
+def _diffusers():
+    """``import diffusers`` without transformers' torchvision notice (see above)."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, _NoTorchvisionNotice) for f in logger.filters):
+        logger.addFilter(_NoTorchvisionNotice())
+    import diffusers
+
+    return diffusers
+
+
 # -- loading --------------------------------------------------------------------------------
 def _check_folder(folder: Path) -> None:
     """Refuse a folder that is not a complete safetensors SD pipeline, naming what is wrong."""
@@ -63,7 +82,7 @@ def _check_folder(folder: Path) -> None:
 
 def load_pipeline(source: str | Path, device: str | torch.device = "cpu"):
     """A ``StableDiffusionPipeline`` from a local folder or a hub id, safetensors only."""
-    from diffusers import StableDiffusionPipeline
+    StableDiffusionPipeline = _diffusers().StableDiffusionPipeline
 
     path = Path(source)
     local = path.exists()
@@ -210,11 +229,11 @@ def tiny_pipeline(
     cross-attention block per level but the first (as SD's), attending to ``text_dim`` features.
     ``vae_attention=False`` drops the self-attention of the VAE's middle block (cheaper to train).
     """
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
+    d = _diffusers()
+    AutoencoderKL, DDIMScheduler = d.AutoencoderKL, d.DDIMScheduler
+    StableDiffusionPipeline, UNet2DConditionModel = (
+        d.StableDiffusionPipeline,
+        d.UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
