@@ -197,6 +197,49 @@ def test_readme_generation_block_runs_at_smoke_size(tmp_path, monkeypatch, capsy
     assert not [r for r in records if "accelerate" in r.getMessage()]
 
 
+#: What a README line gets appended to run at smoke size (seconds instead of minutes).
+SMALL = ["data.train_subset=300", "data.test_subset=100", "train.epochs=2"]
+
+
+def _smoke_size(line: str) -> str:
+    """A README line at smoke size: demos on digits, benches on digits with one seed (and one
+    one-epoch method unless the line sets its own grid), `--task ddpm` on smoke/ddpm; other
+    sized lines (a preset's unlearn) on small subsets. Lines already at smoke size are kept."""
+    words = _smoke(line).split()
+    if words[:2] == ["salun", "demo"] and "--task" not in words:
+        return " ".join([*words, "--dataset", "digits", *SMALL])
+    if words[:2] == ["salun", "bench"]:
+        extra = ["data.name=digits", *SMALL, "bench.seeds=[0]"]
+        if "bench.methods" not in line:
+            extra.append("bench.methods={salun: {epochs: 1}}")
+        return shlex.join([*words, *extra])
+    if words[:2] == ["salun", "unlearn"] and "smoke/" not in line and "--task" not in words:
+        return " ".join([*words, *SMALL])
+    return " ".join(words)
+
+
+@pytest.mark.slow
+def test_readme_every_block_runs_at_smoke_size(tmp_path, monkeypatch, capsys):
+    """Every README block's salun lines, in README order, in one fresh folder, each at smoke
+    size (`_smoke_size`): the demos and their report, the command line, the benches and their
+    report, the DDPM lines. Lines needing hardware or weights not here (NEEDS_MORE) are parsed
+    and resolved by the fast test only. A few minutes on 2 cores."""
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    for _, line in readme_commands():
+        if not line.startswith("salun ") or any(line.startswith(k) for k in NEEDS_MORE):
+            continue
+        small = _smoke_size(line)
+        assert _main(small) == 0, f"{small}\n{capsys.readouterr().err[-2000:]}"
+        ran.append(small)
+    out = capsys.readouterr().out
+    assert len(ran) >= 20, ran
+    assert (tmp_path / "runs" / "fmnist-classwise" / "report.md").is_file()
+    assert (tmp_path / "runs" / "sweep" / "report.md").is_file()
+    assert (tmp_path / "runs" / "rl-trouser" / "metrics.json").is_file()
+    assert "mean ± std" in out or "±" in out  # salun report over the three demo seeds
+
+
 @pytest.mark.slow
 def test_readme_blocks_run_literally(tmp_path):
     """Every README shell line as written, in order, in a fresh folder (hours on 2 cores: the
