@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from salun.errors import SalunError
+from salun.io import replace_folder
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +132,7 @@ def save_pipeline(
             mask.save(tmp / "mask.safetensors")
         if meta is not None:
             (tmp / "salun.json").write_text(json.dumps(meta, indent=2, default=str), "utf-8")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
+        replace_folder(tmp, folder)  # an existing folder is moved aside, then deleted
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

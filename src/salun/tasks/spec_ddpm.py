@@ -40,7 +40,7 @@ from salun.experiment import (
     load_weights,
     reseed,
 )
-from salun.io import hash_obj
+from salun.io import hash_obj, replace_folder
 from salun.methods._fit import Optim, fit
 from salun.registry import TASKS
 from salun.tasks.classification import resolve_device
@@ -203,14 +203,7 @@ def save_ddpm(model: Any, exp: Experiment, folder: str | Path) -> Path:
             "dataset": exp.cfg.data.name,
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
+        replace_folder(tmp, folder)  # an existing folder is moved aside, then deleted
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
