@@ -421,3 +421,22 @@ def test_indexed_dataset_bad_indices() -> None:
         IndexedDataset(data, indices=[-1])
     with pytest.raises(SalunError, match="integers"):
         IndexedDataset(data, indices=np.array([0.5]))
+
+
+def test_a_registered_dataset_loads_by_name(monkeypatch, tmp_path):
+    """load_dataset looks names up in the DATASETS registry: a source registered there loads
+    by name, with its default size applied and its folder resolved from data_dir."""
+    from salun.data.datasets import DatasetSource
+
+    def read(folder):
+        assert folder == tmp_path
+        images = torch.rand(4, 1, 8, 8)
+        data = ImageData(images, torch.tensor([0, 1, 0, 1]), ["a", "b"], "toy")
+        return DatasetBundle(train=data, test=data)
+
+    DATASETS.names()  # load the registry before patching it
+    monkeypatch.setitem(DATASETS._items, "toy", DatasetSource(read, default_size=4))
+    bundle = load_dataset("toy", tmp_path)
+    assert bundle.train.images.shape == (4, 1, 4, 4)
+    with pytest.raises(SalunError, match=r"dataset 'toy' needs data.data_dir"):
+        load_dataset("toy")

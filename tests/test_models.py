@@ -133,3 +133,20 @@ def test_cnn_has_no_dead_weights() -> None:
     for n, p in model.named_parameters():
         assert p.grad is not None, n
         assert p.grad.abs().sum() > 0, n
+
+
+def test_a_registered_model_builds_by_name(monkeypatch):
+    """build_model looks names up in the MODELS registry: an entry added there (as a plugin
+    would, with @MODELS.register) builds by name, and unknown names list the registered ones."""
+    from salun.errors import SalunError
+
+    def tiny(num_classes, in_channels, image_size, width, mean, std):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+
+    MODELS.names()  # load the registry before patching it
+    monkeypatch.setitem(MODELS._items, "tiny", tiny)
+    model = build_model("tiny", num_classes=3, in_channels=1, image_size=8)
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+    assert "tiny" in MODELS
+    with pytest.raises(SalunError, match="allowed: cnn, resnet18, tiny, vgg16_bn"):
+        build_model("tinny", num_classes=3)
