@@ -60,7 +60,7 @@ def reference_mask(grads: list[torch.Tensor], ratio: float) -> list[torch.Tensor
 
 
 def salun_mask(grads: list[torch.Tensor], ratio: float) -> list[torch.Tensor]:
-    from salun.saliency import top_k_mask
+    from salun.methods.saliency import top_k_mask
 
     return top_k_mask(grads, int(round(ratio * sum(g.numel() for g in grads))))
 

@@ -24,7 +24,7 @@ import torch
 from salun.attacks.epsilon import epsilon_score, retrain_population
 from salun.attacks.lira import ulira
 from salun.config import load_config
-from salun.io import write_json
+from salun.core.io import write_json
 from salun.run import method_uses_mask, prepare, train_model
 
 

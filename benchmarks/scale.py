@@ -23,8 +23,8 @@ def worker(args: argparse.Namespace) -> None:
     """One rank: train a model with ``fit`` (DDP when WORLD_SIZE > 1) and report images/s."""
     import torch
 
-    from salun import distributed, runtime
     from salun.config import load_config
+    from salun.core import distributed, runtime
     from salun.methods._fit import fit
     from salun.run import prepare, recipe_optim, reseed
 

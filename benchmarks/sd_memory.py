@@ -27,7 +27,7 @@ the optimizer's foreach temporaries and allocator fragmentation are not in it).
 GPU mode (``--gpu``): the same estimate (activations measured on the GPU, under CUDA's autocast
 policy) and, per option, the measured peak (``torch.cuda.max_memory_allocated``) and mean step
 time of a few real SalUn steps on a randomly initialised SD-v1.4-shaped UNet, with gradients
-masked and non-salient weights restored by ``salun.saliency.MaskGuard``.
+masked and non-salient weights restored by ``salun.methods.saliency.MaskGuard``.
 
 Usage: PYTHONPATH=src python benchmarks/sd_memory.py [--gpu] [--out table.md] [--steps 3]
 """
@@ -348,7 +348,7 @@ def markdown(rows: dict[str, dict[str, Any]], measured: bool) -> str:
 # ------------------------------------------------------------------ GPU measurement
 def gpu_measure(option: str, unet: nn.Module, steps: int, log: Callable[[str], None]) -> dict:
     """Peak memory and step time of real SalUn steps (batch 8, 64x64 latents) for one option."""
-    from salun.saliency import MaskGuard, SaliencyMask
+    from salun.methods.saliency import MaskGuard, SaliencyMask
 
     bf16, ckpt, adam8 = OPTIONS[option]
     device = next(unet.parameters()).device
@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table + "\n" + note, end="")
     if args.out is not None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-        from salun.io import write_json, write_text
+        from salun.core.io import write_json, write_text
 
         write_text(args.out, table + "\n" + note)
         write_json(

@@ -18,11 +18,11 @@ import time
 import torch
 
 from salun.config import load_config
-from salun.demo import fashion_mnist_available
+from salun.core.registry import METHODS
+from salun.demos.classification_demo import fashion_mnist_available
 from salun.methods import UnlearnData, get_method, list_methods
-from salun.registry import METHODS
+from salun.methods.saliency import compute_saliency_mask
 from salun.run import prepare, train_model
-from salun.saliency import compute_saliency_mask
 
 IMAGES_PER_EPOCH = {  # which sets a method passes over in one epoch (default: D_r)
     "ga": ("forget",),

@@ -20,7 +20,7 @@ def _blocks() -> list[str]:
 
 @pytest.fixture
 def toy_task():
-    from salun.registry import TASKS
+    from salun.core.registry import TASKS
 
     yield
     TASKS._items.pop("toy-probe", None)  # the registry is process-wide
@@ -53,7 +53,7 @@ def test_the_steps_add_a_task_the_pipeline_runs(tmp_path, toy_task):
 
 def test_a_task_check_runs_before_any_compute(tmp_path, toy_task):
     from salun.config import load_config
-    from salun.errors import SalunError
+    from salun.core.errors import SalunError
 
     module = types.ModuleType("toy_probe_task")
     sys.modules[module.__name__] = module

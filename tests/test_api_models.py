@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import salun
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 FORGET_CLASS = 3
 
@@ -408,7 +408,7 @@ def test_epoch_losses_go_to_the_log_history_jsonl_and_callbacks(digits, tmp_path
 
 
 def test_output_adapter_reads_the_common_output_shapes():
-    from salun.tasks.classification import output_logits
+    from salun.tasks.batches import output_logits
 
     t = torch.randn(2, 3)
     assert output_logits(t) is t

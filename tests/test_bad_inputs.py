@@ -25,8 +25,8 @@ from torch.utils.data import TensorDataset
 
 import salun
 from salun.cli import main
-from salun.errors import SalunError
-from salun.io import hash_obj, load_tensors, read_json, save_tensors
+from salun.core.errors import SalunError
+from salun.core.io import hash_obj, load_tensors, read_json, save_tensors
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAST = ["train.epochs=2", "unlearn.params.epochs=1"]
@@ -282,7 +282,7 @@ def test_mask_ratio_selecting_nothing(runs, tmp_path, capsys):
 
 
 def test_mask_of_another_model_needs_force(runs, tmp_path, capsys):
-    from salun.io import read_metadata
+    from salun.core.io import read_metadata
 
     src = runs / "mask" / "mask.safetensors"
     meta = read_metadata(src)
@@ -444,8 +444,8 @@ def test_fid_feature_network_with_payload_never_runs(name, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def ddpm_folder(tmp_path_factory):
     from salun.config import load_config
-    from salun.ddpm import save_ddpm
     from salun.run import prepare
+    from salun.tasks.ddpm.ddpm_folders import save_ddpm
 
     root = tmp_path_factory.mktemp("ddpm")
     exp = prepare(load_config("smoke/ddpm", [f"cache_dir={root / 'cache'}"]))
@@ -518,7 +518,7 @@ def test_sample_guidance_nan(ddpm_folder, tmp_path, capsys):
 
 # -- faults: full disk, Ctrl-C, kill -9 -------------------------------------------------------
 def test_full_disk_keeps_the_previous_run(runs, tmp_path, capsys, monkeypatch):
-    import salun.io
+    import salun.core.io
 
     out = tmp_path / "u"
     assert main(unlearn_args(runs, out, "unlearn.method=ft")) == 0
@@ -527,7 +527,7 @@ def test_full_disk_keeps_the_previous_run(runs, tmp_path, capsys, monkeypatch):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "model.safetensors"))
 
-    monkeypatch.setattr(salun.io, "save_file", full)
+    monkeypatch.setattr(salun.core.io, "save_file", full)
     msg = f"no space left on device ({out / 'model.safetensors'}); free some space and run again"
     fails(unlearn_args(runs, out, "unlearn.method=ft", "--overwrite"), msg, capsys)
     assert snapshot(out) == before  # the earlier result is untouched
@@ -633,7 +633,7 @@ def test_audit_record_and_verification(runs, tmp_path, capsys):
         split["forget"]
     )
     from salun.config import load_config
-    from salun.io import hash_state
+    from salun.core.io import hash_state
     from salun.run import load_weights, prepare
 
     exp = prepare(load_config(str(run / "config.yaml")))
@@ -779,7 +779,7 @@ def test_split_and_mask_properties(
     from sklearn.datasets import load_digits
 
     from salun.data.splits import make_split
-    from salun.saliency import threshold_saliency
+    from salun.methods.saliency import threshold_saliency
 
     labels = load_digits().target
     split = make_split(

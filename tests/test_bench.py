@@ -16,7 +16,7 @@ from scipy import stats
 from salun.bench import expand_grid
 from salun.cli import main
 from salun.config import load_config
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 SMOKE = ["digits-random10", "bench.seeds=[0,1]"]
 METRICS = ("UA", "MIA-Efficacy", "RA", "TA")

@@ -2,11 +2,11 @@
 
 import dataclasses
 
-from salun import catalog
+from salun.core import catalog
+from salun.core.registry import METHODS
 from salun.data import DATASETS
 from salun.methods import list_methods, method_tasks
 from salun.models import MODELS
-from salun.registry import METHODS
 
 
 def test_catalog_matches_method_registry():
@@ -35,7 +35,7 @@ def test_display_names_are_unique_and_prefix_labels():
 
 
 def test_catalog_tasks_match_the_task_registry():
-    from salun.registry import TASKS
+    from salun.core.registry import TASKS
 
     builtin = [n for n in TASKS.names() if TASKS.get(n).__module__.startswith("salun.")]
     assert sorted(catalog.TASKS) == sorted(builtin)

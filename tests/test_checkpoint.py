@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from salun import runtime
 from salun.cli import main
 from salun.config import load_config
-from salun.io import load_tensors, read_metadata
+from salun.core import runtime
+from salun.core.io import load_tensors, read_metadata
 from salun.methods import UnlearnData, get_method
 from salun.run import prepare
 
@@ -116,7 +116,7 @@ def test_resume_in_process_every_loop_shape(tmp_path, method, caplog):
     full = run(None, resume=False)
     assert run(7, resume=False) is None
     assert any(_ckpt(tmp_path / "run").glob("*.safetensors"))
-    caplog.set_level("INFO", logger="salun.checkpoint")
+    caplog.set_level("INFO", logger="salun.core.checkpoint")
     resumed = run(None, resume=True)
     assert "at step 6 " in caplog.text  # the step before the crash was the last checkpoint
     assert full is not None and resumed is not None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from salun.cli import main
-from salun.io import load_tensors, save_tensors
+from salun.core.io import load_tensors, save_tensors
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from salun.cli import build_parser, main
 from salun.config import load_config
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

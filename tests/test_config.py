@@ -1,7 +1,7 @@
 import pytest
 
 from salun.config import Config, load_config, preset_names, save_config
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 
 @pytest.mark.parametrize("name", preset_names())

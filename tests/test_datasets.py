@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy.io import savemat
 
+from salun.core.errors import SalunError
 from salun.data import DATASETS, DatasetBundle, ImageData, IndexedDataset, load_dataset
-from salun.errors import SalunError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 

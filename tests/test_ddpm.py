@@ -11,13 +11,12 @@ from torch import nn
 
 from salun.cli import main
 from salun.config import load_config
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.eval.fid import ClassifierFeatures, feature_extractor, frechet_distance
-from salun.eval.generation import generation_metrics, save_grid
+from salun.eval.generation import generation_metrics, sample, save_grid
 from salun.methods import UnlearnData, get_method, list_methods
+from salun.methods.saliency import SaliencyMask, compute_saliency_mask
 from salun.run import prepare, reseed, train_model
-from salun.saliency import SaliencyMask, compute_saliency_mask
-from salun.tasks.ddpm import sample
 
 pytestmark = pytest.mark.diffusion
 
@@ -40,7 +39,7 @@ def _data(exp, seed=0):
 def _params(name, **extra):
     import dataclasses
 
-    from salun.registry import METHODS
+    from salun.core.registry import METHODS
 
     fields = {f.name for f in dataclasses.fields(METHODS.get(name))}
     return {k: v for k, v in {**FAST, **extra}.items() if k in fields}
@@ -166,7 +165,7 @@ def test_cfg_sampling_shape_range_and_determinism(ddpm):
 def test_saved_folder_loads_with_plain_diffusers(ddpm, tmp_path):
     from diffusers import UNet2DModel
 
-    from salun.ddpm import load_ddpm, save_ddpm
+    from salun.tasks.ddpm.ddpm_folders import load_ddpm, save_ddpm
 
     exp, model, _ = ddpm
     folder = save_ddpm(model, exp, tmp_path / "model")
@@ -312,7 +311,7 @@ def test_cli_train_unlearn_sample_eval(tmp_path, cache_dir, capsys):
         )
         == 0
     )
-    from salun.io import load_tensors
+    from salun.core.io import load_tensors
 
     t = load_tensors(out / "samples.safetensors")
     assert (out / "grid_esd.png").is_file()

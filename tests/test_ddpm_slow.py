@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from salun.ddpm import DDPM_DEMO_METHODS, run_ddpm_demo
+from salun.demos.ddpm_demo import DDPM_DEMO_METHODS, run_ddpm_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.diffusion]
 

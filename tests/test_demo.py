@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from salun.cli import main
-from salun.report import collapsed, demo_report
+from salun.core.results import collapsed, demo_report
 
 
 def test_demo_digits_fallback_small(tmp_path, capsys):

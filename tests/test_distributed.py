@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from salun.config import load_config
+from salun.methods.saliency import compute_saliency_mask, gradient_saliency
 from salun.run import prepare
-from salun.saliency import compute_saliency_mask, gradient_saliency
 
 WORKER = Path(__file__).parent / "dist" / "mask_worker.py"
 

@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import salun
-from salun.errors import SalunError
-from salun.registry import METHODS
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "adding-a-method.md"
 

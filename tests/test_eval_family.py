@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.eval.accuracy import predict
 from salun.eval.agreement import (
     DEFINITIONS as AGREEMENT_DEFINITIONS,
@@ -31,7 +31,7 @@ from salun.eval.mia_family import (
     probabilities,
     svc_mia,
 )
-from salun.tasks.classification import ClassificationTask
+from salun.tasks.classification.classification_objective import ClassificationTask
 
 K = 10
 

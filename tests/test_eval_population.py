@@ -38,7 +38,7 @@ from salun.attacks.population import (
     unlearn_copy,
 )
 from salun.config import load_config
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.run import prepare
 
 

@@ -6,13 +6,13 @@ import copy
 import pytest
 import torch
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.eval.accuracy import predict
 from salun.methods import UnlearnData, get_method
 from salun.methods.bad_teacher import retain_subset
 from salun.methods.cf_k import last_layers
+from salun.methods.saliency import SaliencyMask
 from salun.methods.ssd import fisher_diagonal, ssd_selection
-from salun.saliency import SaliencyMask
 
 
 @pytest.fixture(autouse=True)

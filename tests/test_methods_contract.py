@@ -6,9 +6,9 @@ import copy
 import pytest
 import torch
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.methods import UnlearnData, get_method, list_methods, mask_policy
-from salun.saliency import SaliencyMask
+from salun.methods.saliency import SaliencyMask
 
 FAST_ALL = {"epochs": 1, "batch_size": 64}
 
@@ -17,7 +17,7 @@ def fast(name, **extra):
     """Short settings, limited to the fields the method has (training-free methods have none)."""
     import dataclasses
 
-    from salun.registry import METHODS
+    from salun.core.registry import METHODS
 
     fields = {f.name for f in dataclasses.fields(METHODS.get(name))}
     return {k: v for k, v in {**FAST_ALL, **extra}.items() if k in fields}
@@ -49,7 +49,7 @@ def test_one_epoch_runs_and_changes_weights(name, digits_class, original):
 
 
 def _accepts_mask(name):
-    from salun.registry import METHODS
+    from salun.core.registry import METHODS
 
     return mask_policy(METHODS.get(name)) != "refused"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.models import MODELS, Normalize, build_model
 
 
@@ -138,7 +138,7 @@ def test_cnn_has_no_dead_weights() -> None:
 def test_a_registered_model_builds_by_name(monkeypatch):
     """build_model looks names up in the MODELS registry: an entry added there (as a plugin
     would, with @MODELS.register) builds by name, and unknown names list the registered ones."""
-    from salun.errors import SalunError
+    from salun.core.errors import SalunError
 
     def tiny(num_classes, in_channels, image_size, width, mean, std):
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))

@@ -14,14 +14,14 @@ import copy
 import pytest
 import torch
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.eval.accuracy import predict
 from salun.methods import UnlearnData, get_method
 from salun.methods.be import last_linear
 from salun.methods.fisher import diagonal_fisher
 from salun.methods.iu import woodfisher_inverse_product
+from salun.methods.saliency import gradient_saliency
 from salun.methods.salun_soft import soft_scale, soft_threshold_
-from salun.saliency import gradient_saliency
 
 
 @pytest.fixture(autouse=True)

@@ -183,7 +183,7 @@ def test_readme_generation_block_runs_at_smoke_size(tmp_path, monkeypatch, capsy
     # loading a DDPM folder says nothing about accelerate (it is not needed)
     import logging
 
-    from salun.ddpm import load_ddpm
+    from salun.tasks.ddpm.ddpm_folders import load_ddpm
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler()

@@ -1,7 +1,7 @@
 """Reports: display names, collapsed runs flagged, gap charts drawn from the rows."""
 
 from salun.bench.report import aggregate, markdown
-from salun.report import gap_bar_chart
+from salun.core.results import gap_bar_chart
 
 
 def _run(label, kind, seed, ra, ta, ua=50.0):

@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from salun import runtime
 from salun.config import load_config
-from salun.errors import SalunError
+from salun.core import runtime
+from salun.core.errors import SalunError
 from salun.methods import UnlearnData, get_method
-from salun.saliency import compute_saliency_mask
+from salun.methods.saliency import compute_saliency_mask
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

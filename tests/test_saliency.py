@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from salun.errors import SalunError
-from salun.saliency import (
+from salun.core.errors import SalunError
+from salun.methods.saliency import (
     MaskGuard,
     SaliencyMask,
     compute_saliency_mask,
@@ -157,7 +157,7 @@ def test_channels_last_scores_with_ties():
 
 def test_saliency_independent_of_batching(digits_class, original):
     """Size-weighted batch gradients: the score does not depend on the batch size."""
-    from salun.saliency import gradient_saliency
+    from salun.methods.saliency import gradient_saliency
 
     exp, _, _ = digits_class
     a, _ = gradient_saliency(original, exp.task.loader(exp.forget, 7, False), exp.task, False)

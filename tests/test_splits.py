@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from salun.core.errors import SalunError
 from salun.data import Split, make_split, resolve_class
-from salun.errors import SalunError
 
 CLASSES = [str(i) for i in range(10)]
 

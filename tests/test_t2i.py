@@ -10,11 +10,11 @@ import torch
 
 from salun.cli import main
 from salun.config import load_config
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.methods import UnlearnData, get_method, list_methods
-from salun.saliency import SaliencyMask
-from salun.t2i import build_tokenizer, load_pipeline, save_pipeline
-from salun.t2i_run import prepare_t2i, sample_prompts, unlearn_t2i
+from salun.methods.saliency import SaliencyMask
+from salun.tasks.text_to_image.text_to_image_io import build_tokenizer, load_pipeline, save_pipeline
+from salun.tasks.text_to_image.text_to_image_runs import prepare_t2i, sample_prompts, unlearn_t2i
 
 pytestmark = pytest.mark.diffusion
 
@@ -31,7 +31,7 @@ def sd(tmp_path_factory):
 def _params(name, **extra):
     import dataclasses
 
-    from salun.registry import METHODS
+    from salun.core.registry import METHODS
 
     fields = {f.name for f in dataclasses.fields(METHODS.get(name))}
     return {k: v for k, v in {**FAST, **extra}.items() if k in fields}
@@ -270,7 +270,7 @@ def test_pipeline_build_prints_no_torchvision_notice():
     from pathlib import Path
 
     code = (
-        "from salun.t2i import tiny_pipeline\n"
+        "from salun.tasks.text_to_image.text_to_image_io import tiny_pipeline\n"
         "tiny_pipeline(['a photo of the digit zero'], image_size=16, channels=1)\n"
     )
     src = str(Path(__file__).resolve().parents[1] / "src")

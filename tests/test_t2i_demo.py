@@ -4,8 +4,13 @@ import json
 
 import pytest
 
-from salun.errors import SalunError
-from salun.t2i_demo import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, eval_templates, run_t2i_demo
+from salun.core.errors import SalunError
+from salun.demos.text_to_image_demo import (
+    HELD_OUT_TEMPLATES,
+    TRAIN_TEMPLATES,
+    eval_templates,
+    run_t2i_demo,
+)
 
 pytestmark = pytest.mark.diffusion
 

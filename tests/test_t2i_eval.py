@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.eval.prompts import PromptSpec, paraphrases, read_i2p_csv
 
 pytestmark = pytest.mark.diffusion

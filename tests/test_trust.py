@@ -11,13 +11,14 @@ import torch
 from sklearn.svm import SVC
 
 from salun.config import load_config
+from salun.core.errors import SalunError
 from salun.data import DatasetBundle
-from salun.errors import SalunError
 from salun.eval import mia_efficacy
 from salun.methods import get_method
 from salun.methods._fit import lr_at
 from salun.methods.rl import fresh_label_loss
-from salun.tasks.classification import ClassificationTask, WithPositions
+from salun.tasks.batches import WithPositions
+from salun.tasks.classification.classification_objective import ClassificationTask
 
 
 class _Recording(ClassificationTask):

@@ -16,8 +16,8 @@ _PUBLIC = {
     "unlearn": "salun.api",
     "get_method": "salun.methods",
     "list_methods": "salun.methods",
-    "SaliencyMask": "salun.saliency",
-    "compute_saliency_mask": "salun.saliency",
+    "SaliencyMask": "salun.methods.saliency",
+    "compute_saliency_mask": "salun.methods.saliency",
 }
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
 if TYPE_CHECKING:
     from salun.api import evaluate, unlearn
     from salun.methods import get_method, list_methods
-    from salun.saliency import SaliencyMask, compute_saliency_mask
+    from salun.methods.saliency import SaliencyMask, compute_saliency_mask
 
 
 def __getattr__(name: str) -> Any:

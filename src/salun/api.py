@@ -25,12 +25,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.eval import evaluate_classifier
 from salun.methods import UnlearnData, get_method, mask_policy, run_method
 from salun.methods._fit import EpochCallback, recording
-from salun.saliency import SaliencyMask, compute_saliency_mask
-from salun.tasks.classification import BatchAdapter, ClassificationTask, output_logits
+from salun.methods.saliency import SaliencyMask, compute_saliency_mask
+from salun.tasks.batches import BatchAdapter, output_logits
+from salun.tasks.classification.classification_objective import ClassificationTask
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -175,7 +176,7 @@ def _task(
 ) -> ClassificationTask:
     """The classification task for ``model``: on its own device unless ``device`` is given."""
     from salun.config import check_device
-    from salun.tasks.classification import resolve_device
+    from salun.tasks.batches import resolve_device
 
     if device is None:
         dev = _model_device(model)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 
 def _split_items(items: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -45,7 +45,7 @@ def _config(args: argparse.Namespace):
         if preset is None:
             preset = _task(task).default_preset  # e.g. ddpm: digits 16x16, small UNet
         overrides.insert(0, f"task={task}")
-    from salun import distributed, runtime
+    from salun.core import distributed, runtime
     from salun.experiment import set_refresh
 
     # --retrain: re-train cached models and replace their cache entries (this command only)
@@ -60,7 +60,7 @@ def _config(args: argparse.Namespace):
 
 def _task(name: str):
     """The registered task ``name`` (one-line error naming the registered ones)."""
-    from salun.registry import TASKS
+    from salun.core.registry import TASKS
 
     return TASKS.get(name)
 
@@ -101,8 +101,8 @@ LISTS = (
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from salun import catalog  # a static table: salun list imports no torch
     from salun.config import preset_names
+    from salun.core import catalog  # a static table: salun list imports no torch
 
     tables = {"methods": catalog.method_names(), "tasks": list(catalog.TASKS)}
     for task in catalog.TASKS:
@@ -129,7 +129,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
     tree = _config(args).to_dict()
-    from salun.registry import TASKS
+    from salun.core.registry import TASKS
 
     sections = {n: getattr(TASKS.get(n), "config_section", None) for n in TASKS.names()}
     used = sections.get(tree["task"])
@@ -141,7 +141,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from salun.config import save_config
-    from salun.io import check_out, write_json  # lazy: salun --help stays torch-free
+    from salun.core.io import check_out, write_json  # lazy: salun --help stays torch-free
     from salun.run import check_finite_weights, prepare, run_folder, train_model, versions
 
     check_out(args.out, args.overwrite)
@@ -180,9 +180,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_mask(args: argparse.Namespace) -> int:
     from salun.config import save_config
-    from salun.io import check_out  # lazy: salun --help stays torch-free
+    from salun.core.io import check_out  # lazy: salun --help stays torch-free
+    from salun.methods.saliency import compute_saliency_mask
     from salun.run import prepare, run_folder, train_model
-    from salun.saliency import compute_saliency_mask
 
     check_out(args.out, args.overwrite)
     cfg = _config(args)
@@ -242,7 +242,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         gap = r["gap"]["Avg. Gap"]
         print(f"Avg. Gap to Retrain: {gap:.2f}")
         if "noise_floor" in r:
-            from salun.report import floor_note
+            from salun.core.results import floor_note
 
             print(floor_note(r["noise_floor"]["floor"], gap))
     cal = r["run"].get("calibration")
@@ -262,7 +262,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from salun.io import write_json
+    from salun.core.io import write_json
     from salun.run import evaluate, prepare
 
     cfg = _config(args)
@@ -317,9 +317,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from salun.ddpm import load_ddpm
-    from salun.io import check_out, staged_folder  # lazy: salun --help stays torch-free
-    from salun.tasks.ddpm import sample
+    from salun.core.io import check_out, staged_folder  # lazy: salun --help stays torch-free
+    from salun.eval.generation import sample
+    from salun.tasks.ddpm.ddpm_folders import load_ddpm
 
     check_out(args.out, args.overwrite)
     if not math.isfinite(args.guidance if args.guidance is not None else 0.0):
@@ -377,9 +377,9 @@ def _model_name(model: str) -> str:
 
 
 def _save_samples(out: Path, images, labels, w: float, args: argparse.Namespace) -> None:
-    from salun.catalog import display_name
+    from salun.core.catalog import display_name
+    from salun.core.io import save_tensors
     from salun.eval.generation import save_grid
-    from salun.io import save_tensors
 
     name = _model_name(args.model)
     save_grid(
@@ -458,7 +458,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from salun.audit import verify_audit
+    from salun.core.audit import verify_audit
 
     r = verify_audit(args.folder)
     f = r["forgotten"]
@@ -481,7 +481,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from salun.report import demo_report, is_demo_folder
+    from salun.core.results import demo_report, is_demo_folder
 
     folders = [Path(f) for f in args.folders]
     if len(folders) > 1 or is_demo_folder(folders[0]):
@@ -880,7 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         finally:
             logging.getLogger().removeHandler(handler)
-    from salun import distributed
+    from salun.core import distributed
 
     # under torchrun: one process group; rank 0 prints and writes, the others compute
     started = distributed.init_from_env()
@@ -904,7 +904,7 @@ def _run(
     folder: str | None,
     main_rank: bool,
 ) -> int:
-    from salun import runtime
+    from salun.core import runtime
 
     try:
         quiet = sys.stdout if main_rank else open(os.devnull, "w")  # noqa: SIM115

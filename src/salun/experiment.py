@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from salun import distributed
 from salun.config import Config, TrainConfig
+from salun.core import distributed
+from salun.core.errors import SalunError
+from salun.core.io import hash_obj, load_tensors, read_metadata, save_tensors
 from salun.data import DatasetBundle, IndexedDataset, Split
-from salun.errors import SalunError
-from salun.io import hash_obj, load_tensors, read_metadata, save_tensors
 from salun.methods._fit import Optim, fit
 
 log = logging.getLogger(__name__)
@@ -348,13 +348,13 @@ def run_log(out: Path) -> Iterator[None]:
 @contextmanager
 def run_folder(out: str | Path, log: bool = True) -> Iterator[Path]:
     """The one run-folder writer: a staged ``.NAME.partial-*`` sibling (marked INCOMPLETE),
-    renamed onto ``out`` when the block ends without error (:func:`salun.io.staged_folder`:
+    renamed onto ``out`` when the block ends without error (:func:`salun.core.io.staged_folder`:
     the folder is complete or absent), with the run log in ``log.txt`` unless ``log=False``
     (the caller opens :func:`run_log` itself to write ``audit.json`` after it). Yields the
     folder to write into."""
     from contextlib import nullcontext
 
-    from salun.io import staged_folder
+    from salun.core.io import staged_folder
 
     with staged_folder(out) as tmp, run_log(tmp) if log else nullcontext():
         yield tmp

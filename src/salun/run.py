@@ -1,7 +1,7 @@
 """Pipeline: seed -> data -> split -> original model -> mask -> method -> evaluation -> run folder.
 
 The pipeline knows tasks only through the :class:`salun.tasks.base.Task` protocol (found in
-:data:`salun.registry.TASKS` by ``cfg.task``): it never branches on a task's name. Original and
+:data:`salun.core.registry.TASKS` by ``cfg.task``): it never branches on a task's name. Original and
 Retrain models come from the one cached trainer (:func:`salun.experiment.train_model`), so a
 study trains each once. Everything the user can get wrong is checked before the run folder is
 made, and the folder is written by the one run-folder writer
@@ -18,12 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from salun import runtime
 from salun.attacks import epsilon_score, ulira
-from salun.audit import write_audit
 from salun.config import Config, save_config
+from salun.core import runtime
+from salun.core.audit import write_audit
+from salun.core.errors import SalunError
+from salun.core.io import check_out, hash_state, write_json
+from salun.core.registry import TASKS
 from salun.data import Split, load_dataset, make_split
-from salun.errors import SalunError
 from salun.experiment import (  # re-exported: the pipeline's lower half
     MODEL_KINDS,
     RETRAIN_PRIME_OFFSET,
@@ -44,11 +46,9 @@ from salun.experiment import (  # re-exported: the pipeline's lower half
     train_model,
     versions,
 )
-from salun.io import check_out, hash_state, write_json
 from salun.methods import UnlearnData, check_task, get_method, method_params, run_method, wants_mask
-from salun.registry import TASKS
-from salun.saliency import SaliencyMask, compute_saliency_mask
-from salun.tasks.spec_classification import noise_floor, retrain_free_estimate
+from salun.methods.saliency import SaliencyMask, compute_saliency_mask
+from salun.tasks.classification.classification_task import noise_floor, retrain_free_estimate
 
 __all__ = [
     "MODEL_KINDS",

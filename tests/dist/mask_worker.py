@@ -11,8 +11,8 @@ import torch.distributed as dist
 
 from salun.config import load_config
 from salun.run import prepare
-from salun.saliency import compute_saliency_mask, gradient_saliency
-from salun.tasks.classification import WithPositions
+from salun.methods.saliency import compute_saliency_mask, gradient_saliency
+from salun.tasks.batches import WithPositions
 
 
 def main(out: str) -> None:

@@ -63,9 +63,9 @@ from salun.attacks.population import (
     train_on,
     unlearn_copy,
 )
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.eval.accuracy import predict
-from salun.saliency import SaliencyMask
+from salun.methods.saliency import SaliencyMask
 
 log = logging.getLogger(__name__)
 

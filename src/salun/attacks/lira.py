@@ -67,7 +67,7 @@ from salun.attacks.population import (
     train_on,
     unlearn_copy,
 )
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 log = logging.getLogger(__name__)
 

@@ -31,12 +31,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from salun.config import TrainConfig
+from salun.core.errors import SalunError
+from salun.core.io import hash_obj
 from salun.data import IndexedDataset
-from salun.errors import SalunError
-from salun.io import hash_obj
 from salun.methods import UnlearnData, get_method
 from salun.methods._fit import fit
-from salun.saliency import SaliencyMask, compute_saliency_mask
+from salun.methods.saliency import SaliencyMask, compute_saliency_mask
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from salun.errors import SalunError
-from salun.io import write_json
+from salun.core.errors import SalunError
+from salun.core.io import write_json
 
 log = logging.getLogger(__name__)
 

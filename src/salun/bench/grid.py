@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from salun.config import Config, config_from_dict, parse_override
-from salun.errors import SalunError
-from salun.registry import CONFIG_CHECKS
+from salun.core.errors import SalunError
+from salun.core.registry import CONFIG_CHECKS
 
 REFERENCE_KINDS = ("original", "retrain", "retrain_prime")
 

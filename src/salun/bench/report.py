@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from salun.catalog import display_name
-from salun.errors import SalunError
+from salun.core.catalog import display_name
+from salun.core.errors import SalunError
+from salun.core.io import save_figure, write_json, write_text
+from salun.core.results import NUM_CLASSES, collapse_note, collapsed
 from salun.eval.agreement import tug_of_war
 from salun.eval.classification import DEFINITIONS, EVAL_VERSION, METRICS
-from salun.io import save_figure, write_json, write_text
-from salun.report import NUM_CLASSES, collapse_note, collapsed
 
 GAP_KEYS = (*METRICS, "Avg. Gap")
 EXTRA_KEYS = ("ToW", "ZRF", "L2-distance")

@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from salun.bench.grid import RunSpec, expand_grid
 from salun.config import Config
-from salun.errors import SalunError
-from salun.io import hash_obj, sha256_bytes, write_json, write_text
+from salun.core.errors import SalunError
+from salun.core.io import hash_obj, sha256_bytes, write_json, write_text
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from salun.bench.grid import _expand_params
 from salun.bench.report import aggregate, collect
 from salun.bench.runner import run_bench
 from salun.config import Config, config_from_dict
-from salun.errors import SalunError
-from salun.io import write_json, write_text
+from salun.core.errors import SalunError
+from salun.core.io import write_json, write_text
 
 SEARCHES = ("grid", "random")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from salun.config import load_config
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.io import read_json, write_json
 from salun.eval.classification import DEFINITIONS, EVAL_VERSION
-from salun.io import read_json, write_json
 
 
 def _record(folder: Path, line: str) -> None:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     folder = Path(args[0])
-    from salun import runtime
+    from salun.core import runtime
 
     _die_with_parent()
     try:

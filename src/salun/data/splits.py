@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from salun.errors import SalunError
-from salun.io import hash_obj, read_json, write_json
+from salun.core.errors import SalunError
+from salun.core.io import hash_obj, read_json, write_json
 
 SPLIT_VERSION = 1
 PARTS = ("train", "val", "test", "forget", "retain")

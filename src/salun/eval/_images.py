@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 
 def to_uint8_rgb(images: Any) -> list[np.ndarray]:

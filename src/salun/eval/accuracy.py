@@ -40,7 +40,7 @@ def predict(model: nn.Module, dataset, task, batch_size: int = 512) -> Predictio
         x, y, _ = task.batch(batch)
         logits = task.logits(model, x).float()
         if not bool(logits.isfinite().all()):
-            from salun.errors import SalunError
+            from salun.core.errors import SalunError
 
             raise SalunError(
                 "the model's outputs are not finite (NaN or inf); refusing to evaluate it "

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.eval.mia_family import probabilities
 from salun.models import reinitialise
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -91,7 +91,7 @@ def save_feature_network(network: nn.Module, path: str | Path, **arch: Any) -> N
     ``arch``: ``model`` (a name of :data:`salun.models.MODELS`), ``num_classes``,
     ``in_channels``, ``image_size`` and ``width`` (the arguments of ``build_model``).
     """
-    from salun.io import save_tensors
+    from salun.core.io import save_tensors
 
     missing = [k for k in ARCH_KEYS if k not in arch]
     if missing:
@@ -110,7 +110,7 @@ class NetworkFeatures(ClassifierFeatures):
     """
 
     def __init__(self, path: str | Path, input_size: int = 0, batch_size: int = 64) -> None:
-        from salun.io import load_tensors, read_metadata
+        from salun.core.io import load_tensors, read_metadata
         from salun.models import MODELS, build_model
 
         path = Path(path)

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from salun.errors import SalunError, require_extra, unknown_choice
+from salun.core.errors import SalunError, require_extra, unknown_choice
+from salun.core.io import write_bytes
 from salun.eval.fid import frechet_distance
-from salun.io import write_bytes
 
 #: Samplers of :func:`sample`.
 SAMPLERS = ("ddim", "ddpm")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from salun.errors import SalunError, unknown_choice
+from salun.core.errors import SalunError, unknown_choice
 from salun.eval._images import check_safetensors_folder, to_pil
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.eval.fid import frechet_distance
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from salun.errors import SalunError, unknown_choice
+from salun.core.errors import SalunError, unknown_choice
 from salun.eval.mia import mia_efficacy
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 from salun.eval._images import to_uint8_rgb
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 #: accepted header names per field, in order of preference when a file has several
 PROMPT_COLUMNS = ("prompt",)

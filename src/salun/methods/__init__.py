@@ -15,9 +15,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from salun.checks import check_value, field_types
-from salun.errors import SalunError, unknown_choice
-from salun.registry import CONFIG_CHECKS, METHODS
+from salun.core.checks import check_value, field_types
+from salun.core.errors import SalunError, unknown_choice
+from salun.core.registry import CONFIG_CHECKS, METHODS
 
 #: Tasks a method runs on when it only calls ``task.loss`` / ``task.relabel`` / ``task.loader``.
 GENERIC_TASKS: tuple[str, ...] = ("classification", "ddpm", "text_to_image")
@@ -80,7 +80,7 @@ def list_methods(task: str | None = None) -> list[str]:
 def methods_family(task_name: str) -> str:
     """The task name methods declare support for: a registered task may take the methods of
     another (``methods_like = "classification"``: its objective behaves like that one's)."""
-    from salun.registry import TASKS
+    from salun.core.registry import TASKS
 
     if task_name in TASKS:
         return str(getattr(TASKS.get(task_name), "methods_like", None) or task_name)

@@ -272,7 +272,7 @@ def plot_calibration(record: dict[str, Any], path) -> None:
     """PNG of the estimate per epoch, one line per lr, the chosen point starred."""
     from matplotlib.figure import Figure
 
-    from salun.io import save_figure
+    from salun.core.io import save_figure
 
     fig = Figure(figsize=(4.8, 3.4), dpi=110)
     ax = fig.add_subplot()

@@ -29,10 +29,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from salun import checkpoint, distributed, runtime
 from salun.config import OPTIMIZERS, SCHEDULES
-from salun.errors import SalunError, unknown_choice
-from salun.saliency import MaskGuard, SaliencyMask
+from salun.core import checkpoint, distributed, runtime
+from salun.core.errors import SalunError, unknown_choice
+from salun.methods.saliency import MaskGuard, SaliencyMask
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ def fit(
 ) -> nn.Module:
     """Run ``args.epochs`` epochs; ``phases(epoch)`` gives that epoch's (loader, loss) list.
 
-    How it runs comes from ``salun.runtime`` (precision, compile, checkpoints) and
-    ``salun.distributed`` (DDP when torch.distributed is on); what it computes does not.
+    How it runs comes from ``salun.core.runtime`` (precision, compile, checkpoints) and
+    ``salun.core.distributed`` (DDP when torch.distributed is on); what it computes does not.
     Under :func:`salun.methods._calibrate.monitoring`, the monitor scores the model after every
     epoch and the best epoch's weights are restored at the end.
     """

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Subset
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
 from salun.methods.scrub import frozen_copy
 from salun.models import reinitialise
-from salun.registry import METHODS
 
 
 def retain_subset(retain, fraction: float, seed: int) -> Subset:

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
-from salun.registry import METHODS
-from salun.saliency import SaliencyMask
+from salun.methods.saliency import SaliencyMask
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
 from salun.methods.rl import relabelled_loss
-from salun.registry import METHODS
 
 log = logging.getLogger(__name__)
 

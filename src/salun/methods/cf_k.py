@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
-from salun.registry import METHODS
-from salun.saliency import SaliencyMask
+from salun.methods.saliency import SaliencyMask
 
 
 def parameterised_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

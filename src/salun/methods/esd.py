@@ -24,10 +24,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from salun.errors import SalunError, unknown_choice
+from salun.core.errors import SalunError, unknown_choice
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, cycle, fit
-from salun.registry import METHODS
 
 TRAIN = ("full", "xattn", "noxattn")
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim
 from salun.methods.cf_k import last_layers, layer_mask, train_last_layers
-from salun.registry import METHODS
 
 
 @torch.no_grad()

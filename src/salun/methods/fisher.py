@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Subset
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
-from salun.registry import METHODS
-from salun.saliency import MaskGuard, grad_sums
+from salun.methods.saliency import MaskGuard, grad_sums
 
 log = logging.getLogger(__name__)
 

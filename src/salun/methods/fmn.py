@@ -21,10 +21,10 @@ from typing import ClassVar
 
 import torch
 
-from salun.errors import SalunError, unknown_choice
+from salun.core.errors import SalunError, unknown_choice
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
-from salun.registry import METHODS
 
 TRAIN = ("xattn", "full")
 

@@ -12,9 +12,9 @@ from typing import ClassVar
 
 import torch
 
+from salun.core.registry import METHODS
 from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
-from salun.registry import METHODS
 
 
 @METHODS.register("l1_sparse")

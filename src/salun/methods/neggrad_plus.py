@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, cycle, fit
-from salun.registry import METHODS
 
 
 @METHODS.register("neggrad_plus")

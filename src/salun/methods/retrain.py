@@ -22,11 +22,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
 from salun.models import reinitialise
-from salun.registry import METHODS
 
 
 def unresettable(model: nn.Module) -> list[str]:

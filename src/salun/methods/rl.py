@@ -33,10 +33,10 @@ from typing import ClassVar
 
 import torch
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
-from salun.registry import METHODS
 
 LABELS = ("all", "other", "fixed")
 
@@ -74,7 +74,7 @@ def fresh_label_loss(task, seed: int, exclude_true: bool):
     advances with every batch, so labels differ between batches and epochs and the same seed
     reproduces them.
     """
-    from salun.checkpoint import method_generator
+    from salun.core.checkpoint import method_generator
 
     g = method_generator(seed + 7919)  # checkpointed with the loop, so a resume draws the same
 

@@ -30,12 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import GENERIC_TASKS, UnlearnData, require_nonempty
 from salun.methods._fit import Optim, cycle, fit
 from salun.methods.rl import check_labels, forget_label_loss
-from salun.registry import METHODS
-from salun.saliency import compute_saliency_mask
+from salun.methods.saliency import compute_saliency_mask
 
 FORMS = ("reference", "paper")
 

@@ -36,12 +36,12 @@ from dataclasses import dataclass
 
 import torch
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
 from salun.methods._fit import Optim, fit
 from salun.methods.rl import check_labels, forget_label_loss
-from salun.registry import METHODS
-from salun.saliency import gradient_saliency, kth_largest
+from salun.methods.saliency import gradient_saliency, kth_largest
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ import torch
 from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
-from salun.errors import SalunError, unknown_choice
+from salun.core.errors import SalunError, unknown_choice
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
-from salun.registry import METHODS
-from salun.saliency import grad_sums
+from salun.methods.saliency import grad_sums
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import ClassVar
 
 import torch
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import METHODS
 from salun.methods import UnlearnData, require_nonempty
-from salun.registry import METHODS
 
 
 @METHODS.register("uce")

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
+from salun.core.registry import MODELS  # names accepted by build_model (a registry)
 from salun.models.cnn import SmallCNN
 from salun.models.normalize import Normalize
 from salun.models.resnet import ResNet18
 from salun.models.vgg import VGG16BN
-from salun.registry import MODELS  # names accepted by build_model (a registry)
 
 
 @MODELS.register("resnet18")

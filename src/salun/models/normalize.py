@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 
 class Normalize(nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from salun.errors import SalunError, require_extra
+from salun.core.errors import SalunError, require_extra
 
 
 def build_unet(

@@ -1,18 +1,18 @@
 """Tasks: the seam between unlearning methods and model families.
 
 Every task implements the :class:`~salun.tasks.base.Task` protocol and registers itself in
-:data:`salun.registry.TASKS`; importing this package registers the built-in ones
+:data:`salun.core.registry.TASKS`; importing this package registers the built-in ones
 (``classification``, ``ddpm``, ``text_to_image``). See ``docs/adding-a-task.md``.
 """
 
 from typing import Any
 
-from salun.registry import CONFIG_CHECKS, TASKS
+from salun.core.registry import CONFIG_CHECKS, TASKS
 from salun.tasks.base import Task
-from salun.tasks.classification import ClassificationTask
-from salun.tasks.spec_classification import Classification
-from salun.tasks.spec_ddpm import Diffusion
-from salun.tasks.t2i_pipeline import TextToImage
+from salun.tasks.classification.classification_objective import ClassificationTask
+from salun.tasks.classification.classification_task import Classification
+from salun.tasks.ddpm.ddpm_task import Diffusion
+from salun.tasks.text_to_image.text_to_image_task import TextToImage
 
 
 @CONFIG_CHECKS.register("task")

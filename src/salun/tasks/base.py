@@ -1,6 +1,6 @@
 """The Task protocol: everything the pipeline and the methods may ask of a model family.
 
-A task is a class registered in :data:`salun.registry.TASKS` (``@TASKS.register("name")``);
+A task is a class registered in :data:`salun.core.registry.TASKS` (``@TASKS.register("name")``);
 ``salun.run.prepare`` builds one instance per configuration with :meth:`Task.from_config`. The
 pipeline (:mod:`salun.run`), the CLI and the cached trainer (:mod:`salun.experiment`) only call
 the members below, so adding a task never touches them (see ``docs/adding-a-task.md``).

@@ -31,8 +31,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from salun.errors import SalunError
-from salun.io import hash_state, load_tensors, read_metadata, save_tensors
+from salun.core.errors import SalunError
+from salun.core.io import hash_state, load_tensors, read_metadata, save_tensors
 
 log = logging.getLogger(__name__)
 

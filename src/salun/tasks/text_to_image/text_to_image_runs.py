@@ -1,8 +1,8 @@
-"""Runs for Stable Diffusion (``task: text_to_image``): config checks, data, mask, unlearn, eval.
+"""Runs of the ``text_to_image`` task (Stable Diffusion): config checks, data, mask, unlearn, eval.
 
-One experiment = a pipeline (:func:`salun.t2i.load_pipeline`, or the tiny one built in code), a
+One experiment = a pipeline (:func:`salun.tasks.text_to_image.text_to_image_io.load_pipeline`, or the tiny one built in code), a
 prompt table and cached forget/retain latents, behind a
-:class:`~salun.tasks.text_to_image.TextToImageTask`. Two scenarios:
+:class:`~salun.tasks.text_to_image.text_to_image_objective.TextToImageTask`. Two scenarios:
 
 - ``concept`` (the reference's nudity setting): D_f = images generated from ``forget_prompts``,
   D_r = images generated from ``retain_prompts`` (``forget_size`` / ``retain_size`` each, round
@@ -22,20 +22,25 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from salun.catalog import display_name
 from salun.config import Config, save_config
-from salun.errors import SalunError, unknown_choice
+from salun.core.catalog import display_name
+from salun.core.errors import SalunError, unknown_choice
+from salun.core.io import hash_obj, hash_state, load_tensors, save_tensors, write_json
 from salun.experiment import run_folder, versions
-from salun.io import hash_obj, hash_state, load_tensors, save_tensors, write_json
 from salun.methods import UnlearnData, check_task, get_method, method_params, wants_mask
-from salun.registry import TASKS
-from salun.saliency import SaliencyMask, compute_saliency_mask
-from salun.tasks.text_to_image import PRECISIONS, RELABEL, TARGETS, LatentSet, TextToImageTask
+from salun.methods.saliency import SaliencyMask, compute_saliency_mask
+from salun.tasks.text_to_image.text_to_image_objective import (
+    PRECISIONS,
+    RELABEL,
+    TARGETS,
+    LatentSet,
+    TextToImageTask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +125,7 @@ def round_robin(rows: list[int], n: int) -> torch.Tensor:
 
 
 def _folder_sets(cfg: Config, pipe) -> tuple[list[str], list[int], list[int], Any, Any]:
-    from salun.t2i import encode_images, read_caption_folder
+    from salun.tasks.text_to_image.text_to_image_io import encode_images, read_caption_folder
 
     folder = Path(cfg.text_to_image.image_folder or "")
     vae_cfg = pipe.vae.config
@@ -142,8 +147,8 @@ def _folder_sets(cfg: Config, pipe) -> tuple[list[str], list[int], list[int], An
 
 
 def build_pipeline(cfg: Config, source: str | Path | None = None):
-    from salun.t2i import load_pipeline, tiny_pipeline
-    from salun.tasks.classification import resolve_device
+    from salun.tasks.batches import resolve_device
+    from salun.tasks.text_to_image.text_to_image_io import load_pipeline, tiny_pipeline
 
     t = cfg.text_to_image
     src = str(source) if source is not None else t.pipeline
@@ -155,8 +160,12 @@ def build_pipeline(cfg: Config, source: str | Path | None = None):
 
 def prepare_t2i(cfg: Config, pipeline: str | Path | None = None, pipe=None) -> T2IExperiment:
     """Pipeline, prompt table, task and the cached forget/retain latents of ``cfg``."""
-    from salun.t2i import encode_prompts, generate_latents, training_scheduler
-    from salun.tasks.classification import resolve_device
+    from salun.tasks.batches import resolve_device
+    from salun.tasks.text_to_image.text_to_image_io import (
+        encode_prompts,
+        generate_latents,
+        training_scheduler,
+    )
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -271,7 +280,11 @@ def sample_prompts(
     steps: int | None = None,
 ) -> torch.Tensor:
     """``n`` images in [0, 1] per prompt (prompt-major order), same noise for every model."""
-    from salun.t2i import decode_latents, encode_prompts, generate_latents
+    from salun.tasks.text_to_image.text_to_image_io import (
+        decode_latents,
+        encode_prompts,
+        generate_latents,
+    )
 
     t = exp.cfg.text_to_image
     emb, _ = encode_prompts(exp.pipe, prompts)
@@ -313,7 +326,7 @@ def run_unlearn_t2i(
     """Unlearn with ``cfg.unlearn``; write ``model/`` (a diffusers pipeline folder),
     ``mask.safetensors``, sample grids of the forget, eval and retain prompts, and metrics."""
     from salun.eval.generation import save_grid
-    from salun.t2i import save_pipeline
+    from salun.tasks.text_to_image.text_to_image_io import save_pipeline
 
     exp = prepare_t2i(cfg, model_path)
     mask: SaliencyMask | bool | None = (
@@ -395,7 +408,6 @@ def run_mask_t2i(cfg: Config, out: str | Path, model_path: str | Path | None = N
     return mask
 
 
-# -- the registered task ------------------------------------------------------------------------
 class T2IRuns:
     """The ``text_to_image`` runs: they fine-tune an existing pipeline, so the task brings its
     own unlearn and mask runs instead of the pipeline's (``salun.run``)."""
@@ -446,21 +458,3 @@ class T2IRuns:
             f"mask: {mask.selected} of {mask.total} UNet weights salient "
             f"({100 * mask.fraction:.2f}%) -> {Path(out) / 'mask.safetensors'}"
         )
-
-
-@TASKS.register("text_to_image")
-class TextToImage(TextToImageTask):
-    """Stable-Diffusion-style text-to-image unlearning (concept or class erasure); built by
-    :func:`prepare_t2i`, runs in :class:`T2IRuns`."""
-
-    default_preset: ClassVar[str | None] = "demo-sd"
-    config_section: ClassVar[str | None] = "text_to_image"
-    headline: ClassVar[tuple[str, ...]] = ()
-    demo: ClassVar[str] = "salun.t2i_demo:run_t2i_demo"
-    demo_files: ClassVar[str] = "report.md, metrics.json and grids (grid_*.png)"
-    demo_out: ClassVar[str] = "runs/demo-sd"
-    pipeline: ClassVar[Any] = T2IRuns
-
-    @staticmethod
-    def check_config(cfg: Config) -> None:
-        check_config(cfg)

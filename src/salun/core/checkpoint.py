@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from salun.errors import SalunError
-from salun.io import hash_obj, hash_state, load_tensors, read_metadata, save_tensors
+from salun.core.errors import SalunError
+from salun.core.io import hash_obj, hash_state, load_tensors, read_metadata, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Checkpointer:
         return self.every > 0 and step % self.every == 0
 
     def save(self, pos: Position, phases: list, running: float, count: int) -> None:
-        from salun.distributed import is_main
+        from salun.core.distributed import is_main
 
         if not is_main():
             return
@@ -334,7 +334,7 @@ def _set_rng_state(info: dict[str, Any], tensors: dict[str, torch.Tensor], task:
 
 def for_fit(desc: str, args: Any, model: nn.Module, opt, scaler, mask) -> Checkpointer | None:
     """The checkpointer of this loop under the current runtime session, or None."""
-    from salun import runtime
+    from salun.core import runtime
 
     rt = runtime.current()
     folder = rt.checkpoint_dir

@@ -11,7 +11,7 @@
   and the offline demo.
 - :func:`generate_latents` / :func:`encode_prompts` / :func:`encode_images`: the forget and
   retain sets as cached latents and the prompt-embedding table of
-  :class:`~salun.tasks.text_to_image.TextToImageTask` (computed once; the text encoder and VAE do
+  :class:`~salun.tasks.text_to_image.text_to_image_objective.TextToImageTask` (computed once; the text encoder and VAE do
   not run again while unlearning).
 - :func:`save_pipeline`: the unlearned model as a diffusers folder that plain
   ``StableDiffusionPipeline.from_pretrained(folder)`` loads, plus the mask beside it.
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from salun.errors import SalunError
-from salun.io import replace_folder
+from salun.core.errors import SalunError
+from salun.core.io import replace_folder
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def save_pipeline(
 ) -> Path:
     """Write a diffusers folder (safetensors) with ``unet`` in place of the pipeline's UNet.
 
-    ``mask`` (a :class:`~salun.saliency.SaliencyMask`) goes to ``mask.safetensors`` and ``meta``
+    ``mask`` (a :class:`~salun.methods.saliency.SaliencyMask`) goes to ``mask.safetensors`` and ``meta``
     to ``salun.json`` beside the pipeline. The folder appears complete or not at all.
     """
     folder = Path(folder)

@@ -76,7 +76,7 @@ def session(folder: str | Path | None, resume: bool = False) -> Iterator[Runtime
 
 
 def _clean(rt: Runtime) -> None:
-    from salun.distributed import barrier, is_main
+    from salun.core.distributed import barrier, is_main
 
     barrier()
     d = rt.checkpoint_dir

@@ -10,14 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from salun.catalog import display_name
 from salun.config import Config, load_config, save_config
-from salun.errors import SalunError
-from salun.eval import avg_gap
-from salun.eval.classification import DEFINITIONS, EVAL_VERSION
-from salun.io import write_json, write_text
-from salun.methods import wants_mask
-from salun.report import (
+from salun.core.catalog import display_name
+from salun.core.errors import SalunError
+from salun.core.io import write_json, write_text
+from salun.core.results import (
     NUM_CLASSES,
     collapse_note,
     collapsed,
@@ -25,6 +22,9 @@ from salun.report import (
     gap_bar_chart,
     markdown_table,
 )
+from salun.eval import avg_gap
+from salun.eval.classification import DEFINITIONS, EVAL_VERSION
+from salun.methods import wants_mask
 from salun.run import (
     evaluate,
     noise_floor,

@@ -1,8 +1,8 @@
 """The DDPM demo: class erasure from a class-conditional DDPM with several methods.
 
 The ``ddpm`` task itself (model folders, the judge, evaluation) is
-:class:`salun.tasks.spec_ddpm.Diffusion`, run by the standard pipeline (:mod:`salun.run`);
-its functions are re-exported here for existing imports. Library code: it logs and returns
+:class:`salun.tasks.ddpm.ddpm_task.Diffusion`, run by the standard pipeline (:mod:`salun.run`);
+the model folders are :mod:`salun.tasks.ddpm.ddpm_folders`. Library code: it logs and returns
 tables; the CLI prints them.
 """
 
@@ -14,36 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from salun.catalog import display_name
 from salun.config import load_config, save_config
+from salun.core.catalog import display_name
+from salun.core.io import write_json, write_text
+from salun.core.results import markdown_table
 from salun.eval.generation import DEFINITIONS, GEN_EVAL_VERSION, save_grid
-from salun.io import write_json, write_text
 from salun.methods import wants_mask
-from salun.report import markdown_table
 from salun.run import prepare, run_folder, train_model, unlearn_once, versions
-from salun.tasks.spec_ddpm import (  # re-exported: the DDPM task's model folders and metrics
-    META_FILE,
-    Diffusion,
+from salun.tasks.ddpm.ddpm_task import (
     evaluate_ddpm,
     judge_for,
-    load_ddpm,
-    load_model,
-    save_ddpm,
-    train_judge,
 )
 
-__all__ = [
-    "DDPM_DEMO_METHODS",
-    "META_FILE",
-    "Diffusion",
-    "evaluate_ddpm",
-    "judge_for",
-    "load_ddpm",
-    "load_model",
-    "run_ddpm_demo",
-    "save_ddpm",
-    "train_judge",
-]
+__all__ = ["DDPM_DEMO_METHODS", "run_ddpm_demo"]
 
 log = logging.getLogger(__name__)
 

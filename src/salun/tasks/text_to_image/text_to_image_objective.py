@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from salun.errors import SalunError, unknown_choice
-from salun.tasks.classification import dataset_labels, position_loader
-from salun.tasks.ddpm import fixed_draw_loss, relabelled_mse
+from salun.core.errors import SalunError, unknown_choice
+from salun.tasks.batches import dataset_labels, position_loader
+from salun.tasks.diffusion import fixed_draw_loss, relabelled_mse
 
 log = logging.getLogger(__name__)
 

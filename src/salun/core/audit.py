@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from salun.errors import SalunError
-from salun.io import INCOMPLETE, hash_obj, read_json, sha256_file, write_json
+from salun.core.errors import SalunError
+from salun.core.io import INCOMPLETE, hash_obj, read_json, sha256_file, write_json
 
 AUDIT_FILE = "audit.json"
 AUDIT_FORMAT = "salun-audit-v1"

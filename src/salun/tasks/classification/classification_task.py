@@ -1,7 +1,7 @@
 """The ``classification`` task: image classifiers, the paper's main setting (Fan et al., 2024).
 
 Implements :class:`salun.tasks.base.Task` on top of the objective
-:class:`salun.tasks.classification.ClassificationTask`: models from :mod:`salun.models`,
+:class:`salun.tasks.classification.classification_objective.ClassificationTask`: models from :mod:`salun.models`,
 metrics from :mod:`salun.eval` (UA, MIA-Efficacy, RA, TA), and the comparison with Retrain and
 its noise floor (Retrain').
 """
@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from salun.config import Config
+from salun.core.registry import TASKS
 from salun.data import DatasetBundle
 from salun.eval import avg_gap, compare_to_retrain, evaluate_classifier
 from salun.eval.accuracy import predict
@@ -29,8 +30,8 @@ from salun.experiment import (
     train_model,
 )
 from salun.models import build_model
-from salun.registry import TASKS
-from salun.tasks.classification import ClassificationTask, resolve_device
+from salun.tasks.batches import resolve_device
+from salun.tasks.classification.classification_objective import ClassificationTask
 
 
 @TASKS.register("classification")
@@ -41,7 +42,7 @@ class Classification(ClassificationTask):
     default_preset: ClassVar[str | None] = None
     config_section: ClassVar[str | None] = None
     headline: ClassVar[tuple[str, ...]] = ("UA", "MIA-Efficacy", "RA", "TA")
-    demo: ClassVar[str] = "salun.demo:run_demo"
+    demo: ClassVar[str] = "salun.demos.classification_demo:run_demo"
     demo_files: ClassVar[str] = "reports, metrics.json and gaps.png"
     demo_out: ClassVar[str] = "runs/demo"
     pipeline: ClassVar[Any] = None  # the standard pipeline of salun.run

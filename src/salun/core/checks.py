@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any
 
-from salun.errors import SalunError
+from salun.core.errors import SalunError
 
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 

@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from salun.errors import unknown_choice
+from salun.core.errors import unknown_choice
 
 T = TypeVar("T")
 
@@ -15,16 +15,17 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named table of objects; unknown names fail with the closest suggestions."""
 
-    def __init__(self, kind: str, source: str | None = None) -> None:
+    def __init__(self, kind: str, source: str | tuple[str, ...] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
-        self._source = source  # the package whose import registers the entries
+        # the packages whose import registers the entries
+        self._sources: tuple[str, ...] = (source,) if isinstance(source, str) else source or ()
 
     def _load(self) -> None:
         """Import the package that registers the entries (plugin discovery, as entry points do:
         a module that only reads the table does not depend on the entries' code)."""
-        if self._source is not None:
-            source, self._source = self._source, None
+        sources, self._sources = self._sources, ()
+        for source in sources:
             importlib.import_module(source)
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -64,9 +65,9 @@ std) -> nn.Module`` registered by :mod:`salun.models` (``@MODELS.register("name"
 :func:`salun.models.build_model` looks the name up here."""
 
 
-DATASETS: Registry[Any] = Registry("dataset", "salun.data.datasets")
+DATASETS: Registry[Any] = Registry("dataset", "salun.data.sources")
 """Image datasets read from local files: :class:`salun.data.datasets.DatasetSource` entries
-registered by :mod:`salun.data.datasets`; :func:`salun.data.load_dataset` looks the name up
+registered by :mod:`salun.data.sources`; :func:`salun.data.load_dataset` looks the name up
 here."""
 
 
@@ -76,7 +77,9 @@ the modules of :mod:`salun.tasks` (``@TASKS.register("name")``). The pipeline an
 a task here by the name in ``cfg.task`` and never branch on it."""
 
 
-CONFIG_CHECKS: Registry[Callable[[Any], None]] = Registry("config check", "salun.checks_all")
+CONFIG_CHECKS: Registry[Callable[[Any], None]] = Registry(
+    "config check", ("salun.bench.grid", "salun.methods", "salun.tasks")
+)
 """Checks of a whole configuration that need a registered object (a method's parameters, a
 task's section, a bench grid). :func:`salun.config.validate` runs them all; the packages that
 own the objects register them, so the configuration module knows no methods or tasks."""

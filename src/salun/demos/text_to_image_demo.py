@@ -2,7 +2,7 @@
 digits, erase one class with SalUn and ESD, judge the images with a classifier.
 
 Steps (all on a CPU, nothing downloaded):
-1. a pipeline from :func:`salun.t2i.tiny_pipeline` (``UNet2DConditionModel``, ``AutoencoderKL``
+1. a pipeline from :func:`salun.tasks.text_to_image.text_to_image_io.tiny_pipeline` (``UNet2DConditionModel``, ``AutoencoderKL``
    without mid-block attention, ``CLIPTextModel`` + a CLIP BPE tokenizer written from the caption
    words); the VAE is trained briefly as an autoencoder (reconstruction + a small KL), then
    frozen; the UNet and the text encoder learn latent noise prediction jointly on captions drawn
@@ -31,12 +31,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from salun.catalog import display_name
 from salun.config import load_config, save_config
-from salun.errors import SalunError
-from salun.io import write_json, write_text
+from salun.core.catalog import display_name
+from salun.core.errors import SalunError
+from salun.core.io import write_json, write_text
+from salun.core.results import markdown_table
 from salun.methods import wants_mask
-from salun.report import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _fit_unet(pipe, latents, classes, labels, epochs, lr, batch, seed, progress)
     unlearning touches the UNet only, as on SD. Returns the last epoch's mean loss."""
     from tqdm.auto import tqdm
 
-    from salun.t2i import training_scheduler
+    from salun.tasks.text_to_image.text_to_image_io import training_scheduler
 
     sched = training_scheduler(pipe)
     tok = pipe.tokenizer
@@ -217,7 +217,7 @@ def _judge(bundle, seed, epochs, progress):
     from salun.data import IndexedDataset
     from salun.eval.accuracy import predict
     from salun.methods._fit import Optim, fit
-    from salun.tasks.classification import ClassificationTask
+    from salun.tasks.classification.classification_objective import ClassificationTask
 
     train = bundle.train
     task = ClassificationTask(train.num_classes, progress=progress)
@@ -232,7 +232,7 @@ def _judge(bundle, seed, epochs, progress):
 @torch.no_grad()
 def _score(exp, unet, judge, classes, forget: int, n: int, templates):
     """Per template: judge accuracy per class of ``n`` samples per class; images of the first."""
-    from salun.t2i_run import sample_prompts
+    from salun.tasks.text_to_image.text_to_image_runs import sample_prompts
 
     out, grids = {}, {}
     for tpl in templates:
@@ -254,9 +254,14 @@ def _score(exp, unet, judge, classes, forget: int, n: int, templates):
 def original_pipeline(cfg, bundle, s: dict[str, Any], progress: bool):
     """The demo's trained pipeline and judge, from ``cache_dir`` when there (keyed by the
     settings, captions, seed and torch version); returns (pipe, judge, info)."""
-    from salun.io import hash_obj, read_metadata
+    from salun.core.io import hash_obj, read_metadata
     from salun.run import cache_lock, load_weights, save_weights
-    from salun.t2i import encode_images, load_pipeline, save_pipeline, tiny_pipeline
+    from salun.tasks.text_to_image.text_to_image_io import (
+        encode_images,
+        load_pipeline,
+        save_pipeline,
+        tiny_pipeline,
+    )
 
     t, seed = cfg.text_to_image, cfg.seed
     classes = list(t.classes)
@@ -331,8 +336,8 @@ def run_t2i_demo(
     from salun.data import load_dataset
     from salun.eval.generation import save_grid
     from salun.run import run_folder, seed_everything, versions
-    from salun.t2i import save_pipeline
-    from salun.t2i_run import class_index, prepare_t2i, unlearn_t2i
+    from salun.tasks.text_to_image.text_to_image_io import save_pipeline
+    from salun.tasks.text_to_image.text_to_image_runs import class_index, prepare_t2i, unlearn_t2i
 
     out = Path(out)
     s = {**SETTINGS, **(settings or {})}

@@ -31,7 +31,7 @@ def _umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
     path = Path(path)
-    from salun.distributed import is_main
+    from salun.core.distributed import is_main
 
     if not is_main():  # under torchrun only rank 0 writes; the others write to a scratch file
         with tempfile.TemporaryDirectory() as scratch:
@@ -139,7 +139,7 @@ INCOMPLETE = "INCOMPLETE"
 
 def check_out(out: str | os.PathLike | None, overwrite: bool = False) -> Path:
     """Refuse an ``--out`` that is empty, a file, or a non-empty folder (unless ``overwrite``)."""
-    from salun.errors import SalunError
+    from salun.core.errors import SalunError
 
     if out is None or not str(out).strip():
         raise SalunError("--out is empty; give the path of a folder for the run")
@@ -156,7 +156,7 @@ def check_out(out: str | os.PathLike | None, overwrite: bool = False) -> Path:
 
 
 def _make_parent(path: Path) -> None:
-    from salun.errors import SalunError
+    from salun.core.errors import SalunError
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +173,8 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
     result. An existing ``out`` (the caller checked ``--overwrite``) is replaced at the end, so
     no file of the old run (a stale mask) survives beside the new model.
     """
-    from salun.distributed import is_main
-    from salun.errors import SalunError
+    from salun.core.distributed import is_main
+    from salun.core.errors import SalunError
 
     if not is_main():  # under torchrun only rank 0 writes the run folder; the others scratch
         with tempfile.TemporaryDirectory() as scratch:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from salun.io import save_figure
+from salun.core.io import save_figure
 
 COLUMNS = ("UA", "MIA-Efficacy", "RA", "TA", "Avg. Gap", "RTE (s)")
 
@@ -186,8 +186,8 @@ def demo_report(folders: Sequence[str | Path]) -> str:
     """Markdown tables of one or more demo folders: per scenario, mean ± std (sample std) over
     the seeds found (each folder one ``salun demo --seed S`` run), rows in the demo's order.
     Rows whose model collapsed on a seed (:func:`collapsed`) are marked † with a footnote."""
-    from salun.catalog import display_name
-    from salun.errors import SalunError
+    from salun.core.catalog import display_name
+    from salun.core.errors import SalunError
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for folder in folders:
