@@ -1,0 +1,189 @@
+"""Command line: ``salun train | mask | unlearn | eval | sample | bench | tune | report | list |
+config | demo``. ``--task ddpm`` switches train/mask/unlearn/eval/demo to class-conditional DDPMs.
+
+Bad input exits with code 2 and one line on stderr; a run folder this command created is
+removed again when it fails, so no partial results are left behind.
+
+This package holds the entry point (``main``, ``build_parser``, the error handling); each
+command group's parser and handler live side by side in a ``cmd_*`` module, the options they
+share in ``cli_options``. Handlers import torch and the pipeline lazily, so ``salun --help``
+and ``salun list`` stay torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from salun.cli import (
+    cmd_audit,
+    cmd_bench,
+    cmd_demo,
+    cmd_eval,
+    cmd_info,
+    cmd_mask,
+    cmd_report,
+    cmd_sample,
+    cmd_train,
+    cmd_unlearn,
+)
+from salun.cli.cli_options import _split_items
+from salun.core.errors import SalunError
+
+__all__ = ["build_parser", "main", "_split_items"]
+
+# One registration per command module, in the order `salun --help` lists the commands.
+_COMMANDS = (
+    cmd_train,
+    cmd_mask,
+    cmd_unlearn,
+    cmd_eval,
+    cmd_sample,
+    cmd_bench,  # bench, tune
+    cmd_audit,
+    cmd_report,
+    cmd_info,  # list, config
+    cmd_demo,
+)
+
+
+_DESCRIPTION = (
+    "Machine unlearning with SalUn (Fan et al., ICLR 2024) and its baselines: train a model, "
+    "make it forget a set of training images or a class, and measure how close it gets to "
+    "retraining from scratch. --task ddpm (or text_to_image) switches train, mask, unlearn, eval "
+    "and demo to class-conditional diffusion models (or Stable Diffusion)."
+)
+
+_EPILOG = """\
+examples:
+  salun demo --out runs/demo                      the Fashion-MNIST demo (two scenarios)
+  salun unlearn smoke/digits --out runs/salun     one method, compared with Retrain
+  salun list                                      methods, models, datasets, presets
+  salun COMMAND --help                            options and an example of one command
+
+Bad input exits with code 2 and one line on stderr; a run folder the command created is removed
+again when it fails, so no partial results are left behind.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="salun",
+        description=textwrap.fill(_DESCRIPTION, 88),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress to stderr (anywhere on the line)"
+    )
+    from salun import __version__
+
+    parser.add_argument(
+        "--version", action="version", version=f"salun {__version__}", help="print the version"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of the commands below"
+    )
+
+    for module in _COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # -v works anywhere on the line (before or after the subcommand)
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    args, extra = parser.parse_known_args([a for a in argv if a not in ("-v", "--verbose")])
+    args.verbose = verbose
+    # key=value items may come after options (argparse stops collecting positionals there).
+    bad = [e for e in extra if e.startswith("-") or not hasattr(args, "items")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.items = [*args.items, *extra]
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("salun").setLevel(logging.INFO)
+    out: str | None = getattr(args, "out", None)
+    # A folder this command created is removed when the input was bad; bench folders are kept
+    # (they are resumable), and so are folders of crashed runs (their log helps).
+    fresh = out is not None and args.command not in ("bench", "tune") and not Path(out).exists()
+    func: Callable[[argparse.Namespace], int] = args.func
+    if args.command == "list":  # torch-free: no process group, no runtime session
+        try:
+            return func(args)
+        except SalunError as e:
+            print(f"salun: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        finally:
+            logging.getLogger().removeHandler(handler)
+    from salun.core import distributed
+
+    # under torchrun: one process group; rank 0 prints and writes, the others compute
+    started = distributed.init_from_env()
+    main_rank = distributed.is_main()
+    if not main_rank:
+        logging.getLogger("salun").setLevel(logging.WARNING)
+    folder = out if args.command in ("train", "mask", "unlearn") else None
+    try:
+        return _run(func, args, out, fresh, folder, main_rank)
+    finally:
+        logging.getLogger().removeHandler(handler)  # main() may run many times in one process
+        if started:
+            distributed.shutdown()
+
+
+def _run(
+    func: Callable[[argparse.Namespace], int],
+    args,
+    out: str | None,
+    fresh: bool,
+    folder: str | None,
+    main_rank: bool,
+) -> int:
+    from salun.core import runtime
+
+    try:
+        quiet = sys.stdout if main_rank else open(os.devnull, "w")  # noqa: SIM115
+        resume = getattr(args, "resume", False)
+        with contextlib.redirect_stdout(quiet), runtime.session(folder, resume=resume):
+            return func(args)
+    except KeyboardInterrupt:
+        if fresh and out and main_rank:
+            shutil.rmtree(out, ignore_errors=True)
+        print("salun: interrupted; no result was written for this command", file=sys.stderr)
+        return 130
+    except (SalunError, OSError, MemoryError, RuntimeError) as e:
+        line = _one_line(e)
+        if line is None:
+            raise  # a bug, not bad input: keep the traceback
+        if fresh and out and main_rank:
+            shutil.rmtree(out, ignore_errors=True)
+        print(f"salun: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str | None:
+    """The one-line message for bad input or a failing machine; None for anything else."""
+    if isinstance(e, SalunError):
+        return " ".join(str(e).split())
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        if e.errno == errno.ENOSPC:
+            return f"no space left on device{where}; free some space and run again"
+        return f"{e.strerror or e}{where}"
+    if isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e):
+        return "out of memory; use a smaller data.image_size, batch size or model"
+    return None
