@@ -5,7 +5,7 @@ share a base name, no source file is over 500 lines, and no task package imports
 from __future__ import annotations
 
 import ast
-import tomllib
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -63,12 +63,10 @@ def test_every_registered_task_is_one_package():
 
 
 def test_every_task_package_is_in_the_independence_contract():
-    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
-        "importlinter"
-    ]["contracts"]
-    independent = [c for c in contracts if c["type"] == "independence"]
-    assert independent, "pyproject.toml has no independence contract"
-    listed = {m for c in independent for m in c["modules"]}
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # tomllib needs Python 3.11
+    blocks = re.findall(r'type = "independence"\s*\nmodules = \[(.*?)\]', text, re.S)
+    assert blocks, "pyproject.toml has no independence contract"
+    listed = {m for block in blocks for m in re.findall(r'"([\w.]+)"', block)}
     packages = {f"salun.tasks.{p.name}" for p in _task_packages()}
     assert packages <= listed, sorted(packages - listed)
 
