@@ -32,7 +32,9 @@ def _data(exp, seed=0):
 # original), hence its small margin; scrub 0 / 99.4, bad_teacher 3.3 / 88.5,
 # ssd (reference="retain") 0 / 99.3, cf_k 57.4 / 100, eu_k 0 / 92.2.
 FORGETTING = [
-    ("neggrad_plus", dict(alpha=0.9, epochs=5, lr=0.02, batch_size=64), 10),
+    # 2026-12-04, another machine of the same kind: lr 0.02 left 100 / 100 (no ascent yet), lr 0.03
+    # gave 0 / 97.2 and 8 epochs at 0.02 gave 0 / 89.4: the threshold moves with the original
+    ("neggrad_plus", dict(alpha=0.9, epochs=5, lr=0.03, batch_size=64), 10),
     ("scrub", dict(lr=0.002, epochs=3, batch_size=64), 50),
     ("bad_teacher", dict(epochs=2, lr=1e-3, batch_size=64), 50),
     ("ssd", dict(reference="retain"), 50),

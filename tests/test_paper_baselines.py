@@ -48,7 +48,9 @@ def _unlearn(name, exp, model, seed=0, **params):
 
 # name, params, least drop of forget accuracy (points), retain floor (None: not gentle)
 CASES = [
-    ("iu", {"alpha": 0.02}, 30, 85),
+    # 2026-12-04, another machine of the same kind: alpha 0.02 -> forget 83.6 / retain 99.1,
+    # 0.03 -> 57.4 / 96.7, 0.05 -> 1.6 / 71.8: alpha 0.03 clears both bounds with a margin
+    ("iu", {"alpha": 0.03}, 30, 85),
     ("bs", {"lr": 1e-3}, 50, 95),
     ("be", {"lr": 5e-4}, 50, 80),
     # re-measured with labels drawn afresh per batch (issue 10): retain 84.0 and 84.6 (was >= 90
