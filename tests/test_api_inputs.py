@@ -161,6 +161,12 @@ UNLEARN_CASES = [
         f"of range); {LEN}",
     ),
     (
+        "lying-len-in-a-loader",
+        _case(forget=lambda x, y, f, r: DataLoader(_Lying(x, y, 30), batch_size=8)),
+        "forget item 99 cannot be read although len(forget) = 100 (IndexError: index 99 out "
+        f"of range); {LEN}",
+    ),
+    (
         "lying-len-retain-none",
         _case(retain=lambda x, y, f, r: _Lying(x[60:], y[60:], 30, none=True)),
         f"retain item 30 is None although len(retain) = 100; {LEN}",

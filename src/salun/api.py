@@ -11,7 +11,13 @@ Any ``nn.Module`` classifier and any PyTorch datasets or data loaders work:
   get their inputs cast to their dtype; the loss is computed in fp32);
 - masks cover the trainable parameters only: frozen parameters stay frozen and bit-identical;
 - the caller's random state (torch, CUDA, numpy, ``random``) is left as it was: the run draws
-  from a forked state seeded with ``seed``.
+  from a forked state seeded with ``seed``;
+- inputs are checked before any work (one-line :class:`SalunError`,
+  :mod:`salun.tasks.classification.classification_inputs`), and ``unlearn`` never returns
+  non-finite weights;
+- a BatchNorm layer that cannot train on one item (one value per channel): salun's training
+  loaders drop a last batch of one item (logged); batch size 1, a set of one item and a user
+  DataLoader ending in one item (without ``drop_last=True``) are refused.
 """
 
 from __future__ import annotations

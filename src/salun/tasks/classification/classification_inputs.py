@@ -108,7 +108,7 @@ def _labels(dataset: Dataset, adapter: BatchAdapter, what: str) -> torch.Tensor:
         raw: Any = dataset.tensors[1]
     elif torch.is_tensor(getattr(dataset, "labels", None)):
         raw = dataset.labels  # type: ignore[attr-defined]
-        _read(dataset, len(raw) - 1, what)  # __len__ against the items, as below
+        _read(dataset, len(dataset) - 1, what)  # __len__ against the items, as below
     else:
         raw = []
         for i in range(len(dataset)):  # type: ignore[arg-type]
@@ -252,6 +252,7 @@ def check_data(
                 f"{what} inputs have shape {tuple(x.shape[1:])} but the first set's have {shape}"
             )
         if isinstance(data, DataLoader):  # labels come from its collate_fn: the first batch's
+            _read(ds, len(ds) - 1, what)  # type: ignore[arg-type]  # __len__ against the items
             _check_inputs_finite(x, what)
             if torch.is_tensor(y0) and not y0.is_floating_point():
                 _check_labels(y0.reshape(-1).long(), n_out, what)
