@@ -17,7 +17,7 @@ _PUBLIC = {
     "get_method": "salun.methods",
     "list_methods": "salun.methods",
     "SaliencyMask": "salun.methods.saliency",
-    "compute_saliency_mask": "salun.methods.saliency",
+    "compute_saliency_mask": "salun.api",
 }
 
 __all__ = [
@@ -30,9 +30,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from salun.api import evaluate, unlearn
+    from salun.api import compute_saliency_mask, evaluate, unlearn
     from salun.methods import get_method, list_methods
-    from salun.methods.saliency import SaliencyMask, compute_saliency_mask
+    from salun.methods.saliency import SaliencyMask
 
 
 def __getattr__(name: str) -> Any:

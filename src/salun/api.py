@@ -1,4 +1,5 @@
-"""Python API for your own model and data: ``salun.unlearn`` and ``salun.evaluate``.
+"""Python API for your own model and data: ``salun.unlearn``, ``salun.evaluate`` and
+``salun.compute_saliency_mask``.
 
 Any ``nn.Module`` classifier and any PyTorch datasets or data loaders work:
 - outputs: logits as a tensor, an object with ``.logits`` (Hugging Face), the first element of
@@ -10,7 +11,13 @@ Any ``nn.Module`` classifier and any PyTorch datasets or data loaders work:
   get their inputs cast to their dtype; the loss is computed in fp32);
 - masks cover the trainable parameters only: frozen parameters stay frozen and bit-identical;
 - the caller's random state (torch, CUDA, numpy, ``random``) is left as it was: the run draws
-  from a forked state seeded with ``seed``.
+  from a forked state seeded with ``seed``;
+- inputs are checked before any work (one-line :class:`SalunError`,
+  :mod:`salun.tasks.classification.classification_inputs`), and ``unlearn`` never returns
+  non-finite weights;
+- a BatchNorm layer that cannot train on one item (one value per channel): salun's training
+  loaders drop a last batch of one item (logged); batch size 1, a set of one item and a user
+  DataLoader ending in one item (without ``drop_last=True``) are refused.
 """
 
 from __future__ import annotations
@@ -23,145 +30,27 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
+from salun.config.validation import MAX_SEED
+from salun.core.checks import check_int, first_non_finite
 from salun.core.errors import SalunError
 from salun.eval import evaluate_classifier
-from salun.methods import UnlearnData, get_method, mask_policy, run_method
+from salun.methods import UnlearnData, get_method, mask_policy, run_method, saliency
 from salun.methods._fit import EpochCallback, recording
-from salun.methods.saliency import SaliencyMask, compute_saliency_mask
-from salun.tasks.batches import BatchAdapter, output_logits
+from salun.methods.saliency import SaliencyMask
+from salun.tasks.batches import BatchAdapter
+from salun.tasks.classification.classification_inputs import (
+    LOW_PRECISION,
+    as_dataset,
+    check_batchnorm_batches,
+    check_data,
+    check_disjoint,
+    check_model,
+    model_device,
+    model_dtype,
+)
 from salun.tasks.classification.classification_objective import ClassificationTask
-
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def _dataset(data: Dataset | DataLoader, what: str) -> Dataset:
-    if isinstance(data, DataLoader):
-        return data.dataset
-    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
-        raise SalunError(
-            f"{what} must be a map-style Dataset or a DataLoader, got {type(data).__name__}"
-        )
-    return data
-
-
-def _split(item: Any, adapter: BatchAdapter, what: str) -> tuple[Any, Any]:
-    if not isinstance(item, dict | tuple | list) or (
-        isinstance(item, tuple | list) and len(item) < 2
-    ):
-        raise SalunError(
-            f"{what} items must be (input, label, ...) tuples or dicts; got {type(item).__name__}"
-        )
-    try:
-        x, y, _ = adapter.split(item)
-    except SalunError as e:
-        raise SalunError(f"{what}: {e}") from None
-    return x, y
-
-
-def _first_input(data: Dataset | DataLoader, adapter: BatchAdapter, what: str) -> torch.Tensor:
-    """One input of ``data`` with a batch dimension (a loader's first batch, as it collates)."""
-    if isinstance(data, DataLoader):
-        x, _ = _split(next(iter(data)), adapter, what)
-        if not torch.is_tensor(x):
-            raise SalunError(f"{what} batches must hold input tensors, got {type(x).__name__}")
-        return x[:1]
-    x, _ = _split(data[0], adapter, what)
-    if not torch.is_tensor(x):
-        raise SalunError(f"{what} inputs must be tensors, got {type(x).__name__}")
-    return x[None]
-
-
-def _labels(dataset: Dataset, adapter: BatchAdapter, what: str) -> torch.Tensor:
-    """Every label of ``dataset`` as int64 (cheap for TensorDataset and salun datasets)."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        raw: Any = dataset.tensors[1]
-    elif torch.is_tensor(getattr(dataset, "labels", None)):
-        raw = dataset.labels  # type: ignore[attr-defined]
-    else:
-        raw = [_split(dataset[i], adapter, what)[1] for i in range(len(dataset))]  # type: ignore[arg-type]
-    try:
-        labels = torch.as_tensor(raw)
-    except (TypeError, ValueError, RuntimeError):
-        raise SalunError(f"{what} labels must be integers") from None
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1:
-        raise SalunError(
-            f"{what} labels must be integer class indices (one per item), got dtype "
-            f"{labels.dtype} and shape {tuple(labels.shape)}"
-        )
-    return labels.long()
-
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    return params[0].dtype if params else torch.float32
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def _check_data(
-    model: nn.Module, parts: dict[str, Dataset | DataLoader], task: ClassificationTask
-) -> int:
-    """Check inputs and labels of every dataset against the model; return its class count.
-
-    Wrong shapes, dtypes, missing labels and labels out of range are one-line SalunErrors
-    here, before any training, instead of raw IndexError / RuntimeError deep in a loop. A
-    DataLoader is checked on its first batch (its collate_fn may build the inputs).
-    """
-    want = _model_dtype(model)
-    shape = None
-    n_out = 0
-    for what, data in parts.items():
-        ds = _dataset(data, what)
-        if len(ds) == 0:  # type: ignore[arg-type]
-            continue
-        x = _first_input(data, task.adapter, what)
-        if not x.is_floating_point():
-            raise SalunError(f"{what} inputs must be floating-point tensors, got {x.dtype}")
-        if x.dtype != want and want not in LOW_PRECISION:  # bf16/fp16 models: inputs are cast
-            raise SalunError(
-                f"{what} inputs are {x.dtype} but the model's weights are {want}; convert one"
-            )
-        if shape is None:
-            shape = tuple(x.shape[1:])
-            was_training = model.training
-            model.eval()
-            try:
-                with torch.no_grad():
-                    out = model(task.inputs(x))
-            except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise SalunError(
-                    f"the model cannot run on {what} inputs of shape {shape}: {first}"
-                ) from None
-            finally:
-                model.train(was_training)
-            logits = output_logits(out, task.output_fn)
-            if logits.ndim != 2:
-                raise SalunError(
-                    f"the model must return logits of shape (batch, classes), got "
-                    f"{tuple(logits.shape)}"
-                )
-            n_out = int(logits.shape[-1])
-        elif tuple(x.shape[1:]) != shape:
-            raise SalunError(
-                f"{what} inputs have shape {tuple(x.shape[1:])} but the first set's have {shape}"
-            )
-        if isinstance(data, DataLoader):
-            continue  # labels come from its collate_fn: checked by the loss as batches come
-        labels = _labels(ds, task.adapter, what)
-        bad = labels[(labels < 0) | (labels >= n_out)]
-        if len(bad):
-            raise SalunError(
-                f"{what} label {int(bad[0])} is out of range for a model with {n_out} outputs "
-                f"(allowed 0..{n_out - 1})"
-            )
-    return n_out
 
 
 def _task(
@@ -173,19 +62,23 @@ def _task(
     output_fn: Callable[[Any], torch.Tensor] | None = None,
     input_key: str | None = None,
     label_key: str | None = None,
+    action: str = "evaluate",
 ) -> ClassificationTask:
-    """The classification task for ``model``: on its own device unless ``device`` is given."""
+    """The classification task for ``model``: on its own device unless ``device`` is given.
+
+    ``action`` (``"unlearn"``, ``"evaluate"``) says what the model is checked for."""
     from salun.config import check_device
     from salun.tasks.batches import resolve_device
 
+    check_model(model, trains=action == "unlearn")
     if device is None:
-        dev = _model_device(model)
+        dev = model_device(model)
     else:
         check_device(device)
         dev = resolve_device(device)
     if output_fn is not None and not callable(output_fn):
         raise SalunError(f"output_fn must be a callable (output -> logits), got {output_fn!r}")
-    dtype = _model_dtype(model)
+    dtype = model_dtype(model)
     task = ClassificationTask(
         num_classes=num_classes or 1,
         device=dev,
@@ -195,7 +88,7 @@ def _task(
         adapter=BatchAdapter(input_key, label_key),
     )
     model.to(dev)
-    n = _check_data(model, parts, task)
+    n, task.single_item_batchnorm = check_data(model, parts, task, action)
     if num_classes is not None and num_classes != n:
         raise SalunError(f"num_classes={num_classes} but the model has {n} outputs")
     task.num_classes = n
@@ -275,6 +168,7 @@ def unlearn(
     """
     if "mask_ratio" in params:
         raise SalunError("pass the mask ratio as mask_ratio=..., the argument of salun.unlearn")
+    check_int(seed, "seed", 0, MAX_SEED)
     m = get_method(method, **params)
     policy = mask_policy(m)
     if mask is False and policy == "required":
@@ -289,26 +183,42 @@ def unlearn(
         if not callable(init_fn):
             raise SalunError(f"init_fn must be a callable taking the model, got {init_fn!r}")
         m.init_fn = init_fn  # type: ignore[misc]  # per run, not a hyperparameter
-    forget_ds, retain_ds = _dataset(forget, "forget"), _dataset(retain, "retain")
+    forget_ds, retain_ds = as_dataset(forget, "forget"), as_dataset(retain, "retain")
     if len(forget_ds) == 0:  # type: ignore[arg-type]
         raise SalunError("the forget set is empty: there is nothing to unlearn")
+    check_disjoint(forget_ds, retain_ds)
     parts = {"forget": forget, "retain": retain}
-    task = _task(model, parts, num_classes, device, progress, output_fn, input_key, label_key)
+    task = _task(
+        model, parts, num_classes, device, progress, output_fn, input_key, label_key, "unlearn"
+    )
+    if task.single_item_batchnorm:
+        check_batchnorm_batches(m, parts, task.single_item_batchnorm)
     if val is not None:
-        task_val = _dataset(val, "val")
+        task_val = as_dataset(val, "val")
         if isinstance(val, DataLoader):
             task.use_loader(task_val, val)
     with isolated_rng(seed, task.device), recording(callbacks=callbacks):
         if mask is True:
-            mask = compute_saliency_mask(model, forget_ds, task, mask_ratio)
+            mask = saliency.compute_saliency_mask(model, forget_ds, task, mask_ratio)
         elif mask is False:
             mask = None
         if hasattr(m, "mask_ratio"):  # salun (its own mask) and salun_soft (soft threshold)
             m.mask_ratio = mask_ratio
             m.check()
-        val_ds = None if val is None else _dataset(val, "val")
+        val_ds = None if val is None else as_dataset(val, "val")
         data = UnlearnData(forget_ds, retain_ds, seed, val=val_ds)
-        return run_method(m, model, data, task, mask)[0]
+        result = run_method(m, model, data, task, mask)[0]
+    bad = first_non_finite(result.state_dict())
+    if bad is not None:
+        lr = getattr(m, "lr", None)
+        given = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        hint = f"a smaller lr (got {lr:g})" if isinstance(lr, float) else "gentler hyperparameters"
+        raise SalunError(
+            f"method {method!r} made the model's weights non-finite (NaN or inf) in {bad!r}; "
+            f"try {hint}{f' than {given}' if given and lr is None else ''} (the model was "
+            "changed in place: reload it)"
+        )
+    return result
 
 
 def evaluate(
@@ -330,10 +240,64 @@ def evaluate(
     Datasets and loaders as for :func:`unlearn`; the model stays on its device unless
     ``device`` is given.
     """
-    if batch_size < 1:
-        raise SalunError(f"batch_size must be >= 1, got {batch_size}")
+    check_int(batch_size, "batch_size", 1)
+    check_int(mia_seed, "mia_seed", 0, MAX_SEED)
     parts = {"forget": forget, "retain": retain, "test": test}
+    for what, data in parts.items():
+        if len(as_dataset(data, what)) == 0:  # type: ignore[arg-type]
+            raise SalunError(
+                f"the {what} set is empty; evaluate needs at least one item in each of forget, "
+                "retain and test"
+            )
     task = _task(model, parts, num_classes, device, False, output_fn, input_key, label_key)
-    f, r, t = (_dataset(d, w) for w, d in parts.items())
+    f, r, t = (as_dataset(d, w) for w, d in parts.items())
     with isolated_rng(mia_seed, task.device):
         return evaluate_classifier(model, f, r, t, task, mia_seed, batch_size)
+
+
+#: The task names :func:`compute_saliency_mask` builds a task for (others: pass a task object).
+TASK_NAMES = ("classification",)
+
+
+def compute_saliency_mask(
+    model: nn.Module,
+    forget: Dataset | DataLoader,
+    task: Any = "classification",
+    ratio: float = 0.5,
+    per_layer: bool = False,
+    batch_size: int = 256,
+    data_hash: str | None = None,
+    *,
+    num_classes: int | None = None,
+    device: str | None = None,
+    output_fn: Callable[[Any], torch.Tensor] | None = None,
+    input_key: str | None = None,
+    label_key: str | None = None,
+) -> SaliencyMask:
+    """SalUn's weight saliency mask of ``model`` for ``forget`` (see
+    :func:`salun.methods.saliency.compute_saliency_mask`).
+
+    ``task``: ``"classification"`` (the model and data are checked and adapted as by
+    :func:`unlearn`; ``num_classes``, ``device``, ``output_fn`` and the keys as there) or a task
+    object (e.g. ``Experiment.task``), used as it is.
+    """
+    if isinstance(task, str):
+        if task not in TASK_NAMES:
+            raise SalunError(
+                f"unknown task {task!r}; allowed: {', '.join(TASK_NAMES)} or a task object "
+                "(with forget_loss and loader)"
+            )
+        check_int(batch_size, "batch_size", 1)
+        if len(as_dataset(forget, "forget")) == 0:  # type: ignore[arg-type]
+            raise SalunError("the forget set is empty: nothing to compute saliency on")
+        parts = {"forget": forget}
+        task = _task(
+            model, parts, num_classes, device, False, output_fn, input_key, label_key, "unlearn"
+        )
+        with isolated_rng(0, task.device):
+            return saliency.compute_saliency_mask(
+                model, forget, task, ratio, per_layer, batch_size, data_hash
+            )
+    return saliency.compute_saliency_mask(
+        model, forget, task, ratio, per_layer, batch_size, data_hash
+    )

@@ -24,8 +24,9 @@ from torch import nn
 
 from salun.config import Config, TrainConfig
 from salun.core import distributed
+from salun.core.checks import first_non_finite
 from salun.core.errors import SalunError
-from salun.core.io import hash_obj, load_tensors, read_metadata, save_tensors
+from salun.core.io import hash_obj, hash_state, load_tensors, read_metadata, save_tensors
 from salun.data import DatasetBundle, IndexedDataset, Split
 from salun.methods._fit import Optim, fit
 
@@ -155,15 +156,43 @@ def cached_train(
         # every rank takes rank 0's branch (ranks must enter the same collectives)
         if not _REFRESH["on"] and distributed.agree(path.is_file()):
             load_weights(model, path)
-            info = {k: _num(v) for k, v in read_metadata(path).items()}
+            meta = _check_entry(path, model)
+            info = {k: _num(v) for k, v in meta.items() if k not in _ENTRY_KEYS}
             info["cache_hit"] = True
             info["cache_path"] = str(path)
             log.info("%s: loaded from cache %s", what, path)
             return model, info
         info = train(model)
-        save_weights(model, path, {k: str(v) for k, v in info.items()})
+        entry = {"cache_entry": path.name, "weights_sha256": hash_state(model)}
+        save_weights(model, path, {**{k: str(v) for k, v in info.items()}, **entry})
         info["cache_hit"] = False
         return model, info
+
+
+#: What :func:`cached_train` adds to an entry's metadata to recognise it (not part of ``info``).
+_ENTRY_KEYS = ("cache_entry", "weights_sha256")
+
+
+def _check_entry(path: Path, model: nn.Module) -> dict[str, str]:
+    """The metadata of the cache entry ``path`` (just loaded into ``model``), refused unless it
+    was written for this path with these weights: a file replaced by another model (or copied
+    from another entry) would otherwise be used, and its metadata trusted, as this one."""
+    meta = read_metadata(path)
+    if "cache_entry" in meta:
+        if meta["cache_entry"] != path.name:
+            reason = f"it was written as {meta['cache_entry']!r}"
+        elif meta.get("weights_sha256") != hash_state(model):
+            reason = "its weights are not the ones it was written with (sha256 differs)"
+        else:
+            return meta
+    elif meta.get("cache_key") and meta["cache_key"] in path.name:
+        return meta  # an entry written before entries recorded their name and weights' hash
+    else:
+        reason = "its metadata does not name this entry"
+    raise SalunError(
+        f"cache entry {str(path)!r} was not written by salun for this model ({reason}); "
+        "delete it or pass --retrain to train it again"
+    )
 
 
 #: Retrain' (the noise floor) is Retrain from this much larger an initialisation seed.
@@ -280,10 +309,10 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             f"checkpoint {str(path)!r} does not match the model: missing {missing[:3]}, "
             f"unexpected {extra[:3]}, wrong shape {bad[:3]}"
         )
-    bad_values = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
-    if bad_values:
+    bad_value = first_non_finite(state)
+    if bad_value is not None:
         raise SalunError(
-            f"checkpoint {str(path)!r} holds non-finite values (NaN or inf) in {bad_values[0]!r}; "
+            f"checkpoint {str(path)!r} holds non-finite values (NaN or inf) in {bad_value!r}; "
             "refusing to use it"
         )
     model.load_state_dict(state)
@@ -292,11 +321,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 def check_finite_weights(model: nn.Module, what: str = "the model") -> None:
     """Refuse to evaluate a model with NaN or inf weights (it would look perfectly forgotten)."""
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and not bool(t.isfinite().all()):
-            raise SalunError(
-                f"{what} has non-finite weights (NaN or inf) in {name!r}; refusing to evaluate it"
-            )
+    name = first_non_finite(model.state_dict())
+    if name is not None:
+        raise SalunError(
+            f"{what} has non-finite weights (NaN or inf) in {name!r}; refusing to evaluate it"
+        )
 
 
 # -- evaluation --------------------------------------------------------------------------------

@@ -105,6 +105,27 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
     return check_finite(value, where)  # other annotations (e.g. a nested dataclass): as given
 
 
+def check_int(value: Any, where: str, low: int, high: int | None = None) -> int:
+    """An integer argument in ``low..high`` (bools and floats refused), or a one-line error."""
+    check_value(value, int, where)
+    assert isinstance(value, int)
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in {low}..{high}"
+        raise SalunError(f"{where} must be an integer {allowed}, got {value!r}")
+    return value
+
+
+def first_non_finite(tensors: typing.Mapping[str, Any]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf (None: all finite).
+
+    One check for weights wherever they come from (a state dict, a file, an unlearned model):
+    a model with NaN weights otherwise "forgets perfectly" (UA 100)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            return name
+    return None
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """Resolved annotations of a dataclass's fields (empty mapping when they cannot resolve)."""
     try:

@@ -237,6 +237,14 @@ def fit(
                     ckpt.save(here, plist, running + float(total), count)
             resuming = False
         running += float(total)  # one host sync per epoch
+        if not math.isfinite(running) and monitor is None and not scaler.is_enabled():
+            # fp16 skips steps with inf gradients by design; calibration scores (and drops)
+            # a diverged candidate lr itself
+            raise SalunError(
+                f"{desc}: the loss became non-finite (NaN or inf) in epoch {epoch + 1}/"
+                f"{args.epochs} at lr={lr_at(args, epoch):g}; try a smaller lr (or look for "
+                "NaN in the data)"
+            )
         _epoch_end(
             {
                 "desc": desc,

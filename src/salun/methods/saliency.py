@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from salun.core.checks import first_non_finite
 from salun.core.errors import SalunError
 from salun.core.io import hash_state, load_tensors, read_metadata, save_tensors
 
@@ -284,6 +285,19 @@ def compute_saliency_mask(
     """
     if not 0 < ratio <= 1:
         raise SalunError(f"mask ratio must be in (0, 1], got {ratio!r}")
+    if not (hasattr(task, "forget_loss") and hasattr(task, "loader")):
+        raise SalunError(
+            f"task must be a task object (with forget_loss and loader), got {task!r}; "
+            "salun.compute_saliency_mask also takes task='classification'"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SalunError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not hasattr(forget, "batch_size") and not (
+        hasattr(forget, "__len__") and hasattr(forget, "__getitem__")
+    ):
+        raise SalunError(
+            f"forget must be a map-style Dataset or a DataLoader, got {type(forget).__name__}"
+        )
     if hasattr(forget, "batch_size"):
         loader = forget
     else:
@@ -296,6 +310,12 @@ def compute_saliency_mask(
         raise SalunError("the forget set is empty: nothing to compute saliency on")
     start = time.perf_counter()
     scores, mean_loss = gradient_saliency(model, loader, task, progress=task.progress)
+    bad = first_non_finite(scores)
+    if bad is not None:
+        raise SalunError(
+            f"the saliency of {bad!r} is not finite (NaN or inf): the model's weights or its "
+            "loss on the forget set are not finite; refusing to build a mask"
+        )
     masks = threshold_saliency(scores, ratio, per_layer)
     seconds = time.perf_counter() - start
     meta = {

@@ -16,6 +16,7 @@ Adapters for the models and data people have (used by the Python API):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ from salun.tasks.batches import (
     output_logits,
     position_loader,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +55,9 @@ class ClassificationTask:
     output_fn: Callable[[Any], torch.Tensor] | None = None
     adapter: BatchAdapter = field(default_factory=BatchAdapter)
     user_loaders: dict[int, Iterable] = field(default_factory=dict, repr=False, compare=False)
+    #: a BatchNorm layer of the model that cannot train on a batch of one item (set by the
+    #: Python API's checks): shuffled (training) loaders then drop a last batch of one item
+    single_item_batchnorm: str | None = None
 
     def use_loader(self, dataset: Dataset, loader: Iterable) -> None:
         """Have ``task.loader(dataset, ...)`` return the user's ``loader`` as it is."""
@@ -105,6 +111,15 @@ class ClassificationTask:
         user = self.user_loaders.get(id(dataset))
         if user is not None:
             return AdaptedLoader(user, self.adapter)
+        if self.single_item_batchnorm and shuffle and len(dataset) % batch_size == 1:  # type: ignore[arg-type]
+            drop_last = True
+            log.info(
+                "dropping the last batch of one item in each epoch (%d items, batch size %d): "
+                "BatchNorm layer %r cannot train on one item",
+                len(dataset),  # type: ignore[arg-type]
+                batch_size,
+                self.single_item_batchnorm,
+            )
         return position_loader(dataset, batch_size, shuffle, seed, drop_last, self.adapter)
 
     def labels_of(self, dataset: Dataset) -> torch.Tensor:
