@@ -41,6 +41,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="sampling seed: same seed, same images (default 0)"
     )
+    p.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="allow more than 1,000,000 denoising passes (--n x classes x --steps)",
+    )
     _no_progress(p)
     p.set_defaults(func=cmd_sample)
 
@@ -48,15 +53,20 @@ def add_parser(sub: Any) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
+    from salun.config.validation import MAX_SEED
     from salun.core.io import check_out, staged_folder  # lazy: salun --help stays torch-free
-    from salun.eval.generation import sample
+    from salun.eval.generation import check_sampling, sample
     from salun.tasks.ddpm.ddpm_folders import load_ddpm
 
     check_out(args.out, args.overwrite)
     if not math.isfinite(args.guidance if args.guidance is not None else 0.0):
         raise SalunError(f"--guidance must be a finite number, got {args.guidance}")
-    if args.steps < 1 or args.seed < 0:
-        raise SalunError(f"--steps must be >= 1 and --seed >= 0, got {args.steps}, {args.seed}")
+    if args.steps < 1:
+        raise SalunError(f"--steps must be >= 1, got {args.steps}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise SalunError(f"--seed must be in 0..{MAX_SEED}, got {args.seed}")
+    if args.n < 1:
+        raise SalunError(f"--n must be >= 1, got {args.n}")
     unet, scheduler, meta = load_ddpm(args.model)
     k = int(meta.get("num_classes", unet.config.num_class_embeds - 1))
     if args.classes:
@@ -71,8 +81,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise SalunError(f"class {bad[0]} out of range; allowed: 0..{k - 1}")
     else:
         classes = list(range(k))
-    if args.n < 1:
-        raise SalunError(f"--n must be >= 1, got {args.n}")
+    check_sampling(scheduler, args.steps, args.seed, steps_name="--steps")
+    _check_size(args, len(classes))
     labels = torch.tensor(classes).repeat_interleave(args.n)
     w = meta.get("guidance", 2.0) if args.guidance is None else args.guidance
     images = sample(
@@ -94,6 +104,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
     grid = Path(args.out) / f"grid_{_model_name(args.model)}.png"
     print(f"grid: {grid}  tensors: {Path(args.out) / 'samples.safetensors'}")
     return 0
+
+
+def _check_size(args: argparse.Namespace, n_classes: int) -> None:
+    """Refuse a request over MAX_SAMPLE_PASSES denoising passes unless --allow-large: a
+    mistyped --n otherwise starts a job of hours without a word about its size."""
+    from salun.eval.generation import MAX_SAMPLE_PASSES
+
+    passes = args.n * n_classes * args.steps
+    if passes > MAX_SAMPLE_PASSES and not args.allow_large:
+        raise SalunError(
+            f"--n {args.n} x {n_classes} classes x --steps {args.steps} = {passes:,} denoising "
+            f"passes, over the limit of {MAX_SAMPLE_PASSES:,}; lower --n or --steps, or pass "
+            "--allow-large"
+        )
 
 
 def _model_name(model: str) -> str:

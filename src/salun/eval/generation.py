@@ -13,6 +13,7 @@ test accuracy recorded) labels generated samples.
 from __future__ import annotations
 
 import io
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from salun.config.validation import MAX_SEED
 from salun.core.errors import SalunError, require_extra, unknown_choice
 from salun.core.io import write_bytes
 from salun.eval.fid import frechet_distance
 
 #: Samplers of :func:`sample`.
 SAMPLERS = ("ddim", "ddpm")
+
+#: Most denoising passes (samples x steps) one ``salun sample`` may request without
+#: ``--allow-large``: 1,000,000 is e.g. 20,000 samples of 50 steps, minutes on a GPU but
+#: tens of minutes on one CPU core for the 16 x 16 digits UNet (some 700 passes a second).
+MAX_SAMPLE_PASSES = 1_000_000
 
 GEN_EVAL_VERSION = "salun-gen-eval-1"
 
@@ -165,6 +172,19 @@ def save_grid(
     write_bytes(path, buf.getvalue())
 
 
+def check_sampling(scheduler, steps: int, seed: int, steps_name: str = "sampling steps") -> None:
+    """One line unless ``steps`` is in 1..the scheduler's training timesteps and ``seed`` in
+    0..MAX_SEED (a larger seed overflows the torch generator)."""
+    timesteps = int(scheduler.config.num_train_timesteps)
+    if isinstance(steps, bool) or not isinstance(steps, Integral) or not 1 <= steps <= timesteps:
+        raise SalunError(
+            f"{steps_name} must be in 1..{timesteps} (the model's training timesteps), "
+            f"got {steps!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:
+        raise SalunError(f"sampling seed must be in 0..{MAX_SEED}, got {seed!r}")
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -191,8 +211,7 @@ def sample(
 
     if sampler not in SAMPLERS:
         raise unknown_choice("sampler", sampler, SAMPLERS)
-    if steps < 1:
-        raise SalunError(f"sampling steps must be >= 1, got {steps}")
+    check_sampling(scheduler, steps, seed)
     cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
     sched = cls.from_config(scheduler.config)
     sched.set_timesteps(steps)

@@ -114,7 +114,26 @@ def load_ddpm(folder: str | Path):
             raise SalunError(
                 f"DDPM folder {str(folder)!r} holds non-finite weights (NaN or inf) in {name!r}"
             )
+    _check_labels(folder, meta, unet.config.num_class_embeds)
     return unet, scheduler, meta
+
+
+def _check_labels(folder: Path, meta: dict[str, Any], embeds: Any) -> None:
+    """The classes 0..num_classes-1 and the null label must be rows of the UNet's class
+    embedding, the null label none of the classes (else sampling indexes past the table)."""
+    if isinstance(embeds, bool) or not isinstance(embeds, int) or embeds < 2:
+        raise SalunError(
+            f"DDPM folder {str(folder)!r}: the unet has no class embedding "
+            f"(num_class_embeds {embeds!r}); salun samples class-conditional UNets"
+        )
+    k = meta.get("num_classes", embeds - 1)
+    null = meta.get("null_label", k)
+    if not k <= null < embeds:
+        raise SalunError(
+            f"{META_FILE} in {str(folder)!r} is corrupt: num_classes {k} and null_label {null} "
+            f"do not fit the unet's {embeds} class embeddings (need num_classes <= null_label "
+            f"<= {embeds - 1})"
+        )
 
 
 def load_model(exp: Experiment, path: str | Path) -> nn.Module:

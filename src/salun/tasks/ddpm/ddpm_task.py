@@ -110,6 +110,11 @@ class Diffusion(DiffusionTask):
                 "diffusion.timesteps must be >= 2, sample_steps and samples_per_class >= 1 (got "
                 f"{g.timesteps}, {g.sample_steps}, {g.samples_per_class})"
             )
+        if g.sample_steps > g.timesteps:
+            raise SalunError(
+                f"diffusion.sample_steps must be <= diffusion.timesteps ({g.timesteps}), "
+                f"got {g.sample_steps}"
+            )
         if not g.widths or any(not isinstance(w, int) or w < 8 or w % 8 for w in g.widths):
             raise SalunError(f"diffusion.widths must be multiples of 8, got {g.widths!r}")
 

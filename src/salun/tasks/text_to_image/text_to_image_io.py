@@ -2,9 +2,11 @@
 
 - :func:`load_pipeline`: any Stable Diffusion 1.x/2.x pipeline from a local diffusers folder or a
   hub id, safetensors only (``use_safetensors=True``; local folders with
-  ``local_files_only=True``). A folder with a missing part or with pickle-only (``.bin``) weights
-  is refused with one line before diffusers is asked to read it. The safety checker is not loaded
-  (unlearning is evaluated on the raw images).
+  ``local_files_only=True``). A folder with a missing part, pickle-only (``.bin``) weights or a
+  ``model_index.json`` that does not name the SD classes is refused with one line before
+  diffusers is asked to read it (:mod:`~salun.tasks.text_to_image.text_to_image_files`), and one
+  with NaN or inf weights right after. The safety checker is not loaded (unlearning is evaluated
+  on the raw images).
 - :func:`tiny_pipeline`: a Stable Diffusion pipeline built from config in code, in the SD
   architecture (``UNet2DConditionModel``, a small ``AutoencoderKL``, a small ``CLIPTextModel`` and
   a CLIP BPE tokenizer whose vocabulary and merges are written from the caption words), for tests
@@ -19,12 +21,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +37,14 @@ from torch import nn
 
 from salun.core.errors import SalunError
 from salun.core.io import replace_folder
+from salun.tasks.text_to_image.text_to_image_files import (
+    check_finite_parts,
+    check_pipeline_folder,
+    load_error,
+)
 
 log = logging.getLogger(__name__)
 
-PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-WEIGHTED = ("unet", "vae", "text_encoder")
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
@@ -60,48 +67,51 @@ def _diffusers():
     return diffusers
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No diffusers or transformers progress bars while a pipeline loads (they wrote several
+    lines to stderr on every load, around any one-line error)."""
+    from diffusers.utils import logging as d_log
+    from transformers.utils import logging as t_log
+
+    was = d_log.is_progress_bar_enabled(), t_log.is_progress_bar_enabled()
+    d_log.disable_progress_bar()
+    t_log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            d_log.enable_progress_bar()
+        if was[1]:
+            t_log.enable_progress_bar()
+
+
 # -- loading --------------------------------------------------------------------------------
-def _check_folder(folder: Path) -> None:
-    """Refuse a folder that is not a complete safetensors SD pipeline, naming what is wrong."""
-    if not (folder / "model_index.json").is_file():
-        raise SalunError(
-            f"{str(folder)!r} is not a diffusers pipeline folder (no model_index.json)"
-        )
-    for part in PARTS:
-        if not (folder / part).is_dir():
-            raise SalunError(f"pipeline {str(folder)!r} has no {part}/ folder")
-    for part in WEIGHTED:
-        files = [p.name for p in (folder / part).iterdir()]
-        if not any(f.endswith(".safetensors") for f in files):
-            if any(f.endswith((".bin", ".ckpt", ".pt", ".pth")) for f in files):
-                raise SalunError(
-                    f"pipeline {str(folder)!r}: {part}/ has only pickle weights (.bin); salun "
-                    "loads safetensors only (convert them with diffusers' save_pretrained)"
-                )
-            raise SalunError(f"pipeline {str(folder)!r}: {part}/ has no .safetensors weights")
-
-
 def load_pipeline(source: str | Path, device: str | torch.device = "cpu"):
     """A ``StableDiffusionPipeline`` from a local folder or a hub id, safetensors only."""
     StableDiffusionPipeline = _diffusers().StableDiffusionPipeline
 
     path = Path(source)
     local = path.exists()
+    index: dict[str, Any] = {}
     if local:
-        _check_folder(path)
+        index = check_pipeline_folder(path)
     elif str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
         raise SalunError(f"pipeline {str(source)!r}: no such folder (and not a hub id owner/name)")
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(source),
-            use_safetensors=True,
-            local_files_only=local,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SalunError(f"cannot load pipeline {str(source)!r}: {first}") from e
+        with _quiet_loading():
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(source),
+                use_safetensors=True,
+                local_files_only=local,
+                safety_checker=None,
+                requires_safety_checker=False,
+                # asked for without accelerate, diffusers prints a five-line warning
+                low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+            )
+    except Exception as e:  # diffusers and transformers raise many types for bad parts
+        raise load_error(str(source), index, e) from None
+    check_finite_parts(pipe, str(source))  # before any mask or step sees a NaN
     pipe.set_progress_bar_config(disable=True)
     for part in (pipe.vae, pipe.text_encoder):
         part.requires_grad_(False).eval()
@@ -395,42 +405,3 @@ def encode_images(pipe, images: torch.Tensor, batch_size: int = 64) -> torch.Ten
         for x in images.split(batch_size)
     ]
     return torch.cat(out) if out else torch.zeros(0)
-
-
-def read_caption_folder(folder: str | Path, image_size: int | None = None):
-    """(images in [0, 1], captions) from a folder of images with ``captions.csv`` (columns
-    ``file,caption``) or a ``.txt`` file beside each image."""
-    import csv
-
-    from PIL import Image
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SalunError(f"image folder {str(folder)!r} does not exist")
-    pairs: list[tuple[Path, str]] = []
-    table = folder / "captions.csv"
-    if table.is_file():
-        with table.open(newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                if "file" not in row or "caption" not in row:
-                    raise SalunError(f"{str(table)!r} needs the columns file,caption")
-                pairs.append((folder / row["file"], row["caption"]))
-    else:
-        for p in sorted(folder.iterdir()):
-            if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
-                txt = p.with_suffix(".txt")
-                if not txt.is_file():
-                    raise SalunError(f"image {p.name!r} in {str(folder)!r} has no caption file")
-                pairs.append((p, txt.read_text("utf-8").strip()))
-    if not pairs:
-        raise SalunError(f"no captioned images in {str(folder)!r}")
-    images = []
-    for p, _ in pairs:
-        if not p.is_file():
-            raise SalunError(f"captioned image {str(p)!r} does not exist")
-        im = Image.open(p).convert("RGB")
-        if image_size:
-            im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        images.append(t.view(im.height, im.width, 3).permute(2, 0, 1).float() / 255)
-    return torch.stack(images), [c for _, c in pairs]

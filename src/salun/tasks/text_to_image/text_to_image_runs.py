@@ -125,14 +125,15 @@ def round_robin(rows: list[int], n: int) -> torch.Tensor:
 
 
 def _folder_sets(cfg: Config, pipe) -> tuple[list[str], list[int], list[int], Any, Any]:
-    from salun.tasks.text_to_image.text_to_image_io import encode_images, read_caption_folder
+    from salun.tasks.text_to_image.text_to_image_files import read_caption_folder
+    from salun.tasks.text_to_image.text_to_image_io import encode_images
 
     folder = Path(cfg.text_to_image.image_folder or "")
     vae_cfg = pipe.vae.config
     size = int(pipe.unet.config.sample_size) * 2 ** (len(vae_cfg.block_out_channels) - 1)
+    read = {part: read_caption_folder(folder / part, size) for part in ("forget", "retain")}
     parts = {}
-    for part in ("forget", "retain"):
-        images, captions = read_caption_folder(folder / part, size)
+    for part, (images, captions) in read.items():  # both folders read before any encoding
         if int(vae_cfg.in_channels) == 1:
             images = images.mean(1, keepdim=True)
         parts[part] = (encode_images(pipe, images), captions)
@@ -302,14 +303,15 @@ def sample_prompts(
     return decode_latents(exp.pipe, z)
 
 
-def nudity_eval(exp: T2IExperiment, unet: nn.Module) -> dict[str, Any]:
-    """NudeNet on images of an I2P-format CSV (each row's prompt, seed and guidance)."""
+def nudity_eval(exp: T2IExperiment, unet: nn.Module, rows: list | None = None) -> dict[str, Any]:
+    """NudeNet on images of an I2P-format CSV (each row's prompt, seed and guidance; ``rows``
+    when the caller read the file already)."""
     from salun.eval.nudity import nudenet_exposed
     from salun.eval.prompts import read_i2p_csv
 
     t = exp.cfg.text_to_image
     assert t.i2p_csv is not None  # the caller checked it is set
-    rows = read_i2p_csv(t.i2p_csv)
+    rows = read_i2p_csv(t.i2p_csv) if rows is None else rows
     images = torch.cat(
         [sample_prompts(exp, unet, [r.prompt], 1, seed=r.seed, guidance=r.guidance) for r in rows]
     )
@@ -326,15 +328,17 @@ def run_unlearn_t2i(
     """Unlearn with ``cfg.unlearn``; write ``model/`` (a diffusers pipeline folder),
     ``mask.safetensors``, sample grids of the forget, eval and retain prompts, and metrics."""
     from salun.eval.generation import save_grid
+    from salun.eval.prompts import read_i2p_csv
     from salun.tasks.text_to_image.text_to_image_io import save_pipeline
 
+    t = cfg.text_to_image
+    i2p = read_i2p_csv(t.i2p_csv) if t.i2p_csv else None  # a bad file fails before any work
     exp = prepare_t2i(cfg, model_path)
     mask: SaliencyMask | bool | None = (
         SaliencyMask.load(mask_path, exp.unet)
         if mask_path
         else wants_mask(cfg.unlearn.method, cfg.unlearn.use_mask)
     )
-    t = cfg.text_to_image
     with run_folder(out) as out:
         save_config(cfg, out / "config.yaml")
         model, info, used = unlearn_t2i(
@@ -394,7 +398,7 @@ def run_unlearn_t2i(
                 "retain_mse": exp.task.mean_loss(exp.unet, exp.retain),
             }
         if t.i2p_csv:
-            result["nudity"] = nudity_eval(exp, model)
+            result["nudity"] = nudity_eval(exp, model, i2p)
         write_json(out / "metrics.json", result)
     return result
 
