@@ -3,8 +3,10 @@
 - :func:`load_pipeline`: any Stable Diffusion 1.x/2.x pipeline from a local diffusers folder or a
   hub id, safetensors only (``use_safetensors=True``; local folders with
   ``local_files_only=True``). A folder with a missing part or with pickle-only (``.bin``) weights
-  is refused with one line before diffusers is asked to read it. The safety checker is not loaded
-  (unlearning is evaluated on the raw images).
+  is refused with one line before diffusers is asked to read it, and so is one that asks for its
+  own code (an ``auto_map``, a ``_class_name`` or a component library that diffusers does not
+  ship: :func:`salun.core.custom_code.refuse_custom_code`); ``trust_remote_code=False`` always.
+  The safety checker is not loaded (unlearning is evaluated on the raw images).
 - :func:`tiny_pipeline`: a Stable Diffusion pipeline built from config in code, in the SD
   architecture (``UNet2DConditionModel``, a small ``AutoencoderKL``, a small ``CLIPTextModel`` and
   a CLIP BPE tokenizer whose vocabulary and merges are written from the caption words), for tests
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from salun.core.custom_code import refuse_custom_code
 from salun.core.errors import SalunError
 from salun.core.io import replace_folder
 
@@ -89,6 +92,7 @@ def load_pipeline(source: str | Path, device: str | torch.device = "cpu"):
     local = path.exists()
     if local:
         _check_folder(path)
+        refuse_custom_code(path, "pipeline", diffusers=True)
     elif str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
         raise SalunError(f"pipeline {str(source)!r}: no such folder (and not a hub id owner/name)")
     try:
@@ -96,6 +100,7 @@ def load_pipeline(source: str | Path, device: str | torch.device = "cpu"):
             str(source),
             use_safetensors=True,
             local_files_only=local,
+            trust_remote_code=False,
             safety_checker=None,
             requires_safety_checker=False,
         )
