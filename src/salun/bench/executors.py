@@ -153,6 +153,8 @@ def exit_code(record: Path, token: str, grace: float = 0.0) -> int | None:
     deadline = time.monotonic() + grace
     while not record.is_file() and time.monotonic() < deadline:  # a slow shared filesystem
         time.sleep(_POLL_S)
+    if not record.is_file():  # missing (or not a regular file: never opened)
+        return None
     try:
         with open(record, "rb") as f:
             raw = f.read(_RECORD_MAX_BYTES + 1)
@@ -174,8 +176,7 @@ def _why(job: Any, code: int | None) -> str:
         lines = [line for line in (job.stderr() or "").splitlines() if line.strip()]
     except OSError:
         lines = []
-    state = job.state
-    return lines[-1].strip() if lines else f"job ended without an exit record (state: {state})"
+    return lines[-1].strip() if lines else f"job ended without an exit record ({job.state})"
 
 
 def _chunks(items: list[Path], n: int) -> list[list[Path]]:
