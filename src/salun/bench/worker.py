@@ -1,6 +1,7 @@
 """Execute one bench run folder (``config.yaml`` + ``run.json``) and write ``metrics.json``.
 
-Invoked by the runner as ``python -m salun.bench.worker RUN_DIR``, one process per run.
+Invoked by the runner as ``python -m salun.bench.worker RUN_DIR``, one process per run, or
+through :func:`job` by submitit (see :mod:`salun.bench.executors`).
 """
 
 from __future__ import annotations
@@ -146,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return 1
     return 0
+
+
+def job(folder: str, record: str, token: str) -> None:
+    """The submitit job (``--executor local`` / ``slurm``): run the folder, then write the exit
+    record ``{"token", "returncode"}`` that the bench reads instead of submitit's result pickle."""
+    code = main([folder])
+    write_json(record, {"token": token, "returncode": code})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from salun.core.custom_code import refuse_custom_code
 from salun.core.errors import SalunError
 
 
@@ -54,7 +55,8 @@ def to_pil(images: Any) -> list:
 
 
 def check_safetensors_folder(folder: Path, what: str) -> None:
-    """Refuse a local model folder without safetensors weights (pickled weights never load)."""
+    """Refuse a local model folder without safetensors weights (pickled weights never load) or
+    whose configs ask for code from the folder (``auto_map``)."""
     if not folder.is_dir():
         raise SalunError(f"{what} folder {str(folder)!r} does not exist")
     if not (folder / "config.json").is_file():
@@ -66,3 +68,4 @@ def check_safetensors_folder(folder: Path, what: str) -> None:
             f"{what} folder {str(folder)!r} has no *.safetensors weights{extra}; "
             "save it with save_pretrained(..., safe_serialization=True)"
         )
+    refuse_custom_code(folder, f"{what} folder")

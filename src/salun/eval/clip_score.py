@@ -4,7 +4,8 @@ CLIPScore (Hessel et al., "CLIPScore: A Reference-free Evaluation Metric for Ima
 EMNLP 2021) in the form text-to-image papers report (torchmetrics' convention):
 ``100 * max(cos(E_image, E_text), 0)`` averaged over image-prompt pairs. The CLIP model and its
 processor come from a local ``save_pretrained`` folder (e.g. openai/clip-vit-large-patch14)
-through ``transformers``, safetensors only; nothing downloads.
+through ``transformers``, safetensors only, never its own code (``trust_remote_code=False``;
+a folder with an ``auto_map`` is refused); nothing downloads.
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ def load_clip(clip_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     folder = Path(clip_dir)
     check_safetensors_folder(folder, "CLIP model")
     try:
-        model = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True)
-        processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+        model = CLIPModel.from_pretrained(
+            folder, use_safetensors=True, local_files_only=True, trust_remote_code=False
+        )
+        processor = CLIPProcessor.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError, KeyError) as e:
         raise SalunError(
             f"CLIP folder {str(folder)!r} does not load: {str(e).splitlines()[0]}"

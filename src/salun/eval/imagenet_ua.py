@@ -60,9 +60,11 @@ class ImageNetClassifier:
         kw: dict[str, Any] = {"local_files_only": True} if local else {}
         try:
             self.model = AutoModelForImageClassification.from_pretrained(
-                name_or_dir, use_safetensors=True, **kw
+                name_or_dir, use_safetensors=True, trust_remote_code=False, **kw
             )
-            self.processor = AutoImageProcessor.from_pretrained(name_or_dir, **kw)
+            self.processor = AutoImageProcessor.from_pretrained(
+                name_or_dir, trust_remote_code=False, **kw
+            )
         except (OSError, ValueError, KeyError) as e:
             raise SalunError(
                 f"ImageNet classifier {str(name_or_dir)!r} does not load: {str(e).splitlines()[0]}"

@@ -108,7 +108,7 @@ def _labels(dataset: Dataset, adapter: BatchAdapter, what: str) -> torch.Tensor:
         raw: Any = dataset.tensors[1]
     elif torch.is_tensor(getattr(dataset, "labels", None)):
         raw = dataset.labels  # type: ignore[attr-defined]
-        _read(dataset, len(dataset) - 1, what)  # __len__ against the items, as below
+        _read(dataset, len(dataset) - 1, what)  # type: ignore[arg-type]  # __len__ vs the items
     else:
         raw = []
         for i in range(len(dataset)):  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from salun.core.custom_code import refuse_custom_code
 from salun.core.errors import SalunError, require_extra
 from salun.core.io import replace_folder
 from salun.experiment import (
@@ -68,8 +69,8 @@ def _read_json_file(path: Path, what: str) -> dict[str, Any]:
 def load_ddpm(folder: str | Path):
     """(unet, scheduler, meta) from a folder written by :func:`save_ddpm`.
 
-    Local files only, safetensors only: diffusers is never allowed to contact the Hub or to
-    unpickle a ``.bin``. Every missing or corrupt part is a one-line SalunError.
+    Local files only, safetensors only, no code from the folder: diffusers is never allowed to
+    contact the Hub, to unpickle a ``.bin`` or to import a module named by a config. Every missing or corrupt part is a one-line SalunError.
     """
     require_extra("diffusers", "generation")
     from diffusers import DDPMScheduler, UNet2DModel
@@ -89,6 +90,7 @@ def load_ddpm(folder: str | Path):
     _read_json_file(folder / "unet" / "config.json", "unet config")
     _read_json_file(folder / "scheduler" / "scheduler_config.json", "scheduler config")
     meta = _read_json_file(folder / META_FILE, META_FILE)
+    refuse_custom_code(folder, "DDPM model folder", diffusers=True)
     for key in ("num_classes", "null_label"):
         if key in meta and (not isinstance(meta[key], int) or meta[key] < 1):
             raise SalunError(f"{META_FILE} in {str(folder)!r} is corrupt: bad {key} {meta[key]!r}")
@@ -103,9 +105,12 @@ def load_ddpm(folder: str | Path):
             str((folder / "unet").resolve()),
             use_safetensors=True,
             low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+            trust_remote_code=False,
             **kwargs,
         )
-        scheduler = DDPMScheduler.from_pretrained(str((folder / "scheduler").resolve()), **kwargs)
+        scheduler = DDPMScheduler.from_pretrained(
+            str((folder / "scheduler").resolve()), trust_remote_code=False, **kwargs
+        )
     except Exception as e:  # diffusers raises several types for bad configs and weights
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SalunError(f"DDPM folder {str(folder)!r} does not load: {first}") from None

@@ -95,12 +95,24 @@ def _check_part(path: Path, part: str, value: Any) -> None:
         and isinstance(value[1], str)
         and value[1].isidentifier()
     ):
-        cls = getattr(importlib.import_module(lib), value[1], None)
-    want = getattr(importlib.import_module(lib), base)
+        cls = getattr(_library(lib), value[1], None)
+    want = getattr(_library(lib), base)
     if not (isinstance(cls, type) and issubclass(cls, want)):
         raise SalunError(
             f'{str(path)!r}: {part} must be ["{lib}", a {base} class], got {json.dumps(value)[:80]}'
         )
+
+
+def _library(name: str) -> Any:
+    """diffusers or transformers, the two libraries a part may name (no import by a name read
+    from a file)."""
+    if name == "diffusers":
+        import diffusers
+
+        return diffusers
+    import transformers
+
+    return transformers
 
 
 def _optional_entry(value: list[Any]) -> bool:

@@ -4,9 +4,11 @@
   hub id, safetensors only (``use_safetensors=True``; local folders with
   ``local_files_only=True``). A folder with a missing part, pickle-only (``.bin``) weights or a
   ``model_index.json`` that does not name the SD classes is refused with one line before
-  diffusers is asked to read it (:mod:`~salun.tasks.text_to_image.text_to_image_files`), and one
-  with NaN or inf weights right after. The safety checker is not loaded (unlearning is evaluated
-  on the raw images).
+  diffusers is asked to read it (:mod:`~salun.tasks.text_to_image.text_to_image_files`), and so
+  is one that asks for its own code (an ``auto_map``, a ``_class_name`` or a component library
+  that diffusers does not ship: :func:`salun.core.custom_code.refuse_custom_code`);
+  ``trust_remote_code=False`` always. One with NaN or inf weights is refused right after
+  loading. The safety checker is not loaded (unlearning is evaluated on the raw images).
 - :func:`tiny_pipeline`: a Stable Diffusion pipeline built from config in code, in the SD
   architecture (``UNet2DConditionModel``, a small ``AutoencoderKL``, a small ``CLIPTextModel`` and
   a CLIP BPE tokenizer whose vocabulary and merges are written from the caption words), for tests
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from salun.core.custom_code import refuse_custom_code
 from salun.core.errors import SalunError
 from salun.core.io import replace_folder
 from salun.tasks.text_to_image.text_to_image_files import (
@@ -95,7 +98,8 @@ def load_pipeline(source: str | Path, device: str | torch.device = "cpu"):
     local = path.exists()
     index: dict[str, Any] = {}
     if local:
-        index = check_pipeline_folder(path)
+        index = check_pipeline_folder(path)  # the SD parts, each a diffusers/transformers class
+        refuse_custom_code(path, "pipeline", diffusers=True)  # auto_map, custom class names
     elif str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
         raise SalunError(f"pipeline {str(source)!r}: no such folder (and not a hub id owner/name)")
     try:
@@ -104,6 +108,7 @@ def load_pipeline(source: str | Path, device: str | torch.device = "cpu"):
                 str(source),
                 use_safetensors=True,
                 local_files_only=local,
+                trust_remote_code=False,
                 safety_checker=None,
                 requires_safety_checker=False,
                 # asked for without accelerate, diffusers prints a five-line warning
