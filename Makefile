@@ -27,16 +27,16 @@ fmnist:
 	fi
 
 demo: $(STAMP) fmnist
-	$(BIN)/salun demo --out runs/demo
+	$(BIN)/salun demo --out runs/demo --overwrite
 
 # Class erasure from a class-conditional DDPM on digits (trains the model, Retrain included).
 demo-ddpm: $(STAMP)
-	$(BIN)/salun demo --task ddpm --retrain --out runs/demo-ddpm
+	$(BIN)/salun demo --task ddpm --retrain --out runs/demo-ddpm --overwrite
 
 # Erase a digit from a small text-to-image pipeline in the Stable Diffusion architecture
 # (trains the pipeline, the judge, then SalUn and ESD; offline).
 demo-sd: $(STAMP)
-	$(BIN)/salun demo --task text_to_image --out runs/demo-sd
+	$(BIN)/salun demo --task text_to_image --out runs/demo-sd --overwrite
 
 test: $(STAMP) fmnist
 	$(BIN)/python -m pytest -m "not slow"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import random
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from salun.config import Config, TrainConfig
-from salun.core import distributed
+from salun.core import distributed, runtime
 from salun.core.checks import first_non_finite
 from salun.core.errors import SalunError
 from salun.core.io import hash_obj, hash_state, load_tensors, read_metadata, save_tensors
@@ -250,7 +249,7 @@ def train_model(
 
             train_data = Augmented(data)
         loader = exp.task.loader(train_data, recipe.batch_size, True, exp.cfg.seed)
-        start = time.perf_counter()
+        watch = runtime.Stopwatch()  # with the time before an interruption when resumed
         fit(
             model,
             lambda e: [(loader, exp.task.loss)],
@@ -259,8 +258,10 @@ def train_model(
             exp.task.progress,
             f"train {kind}",
         )
-        seconds = time.perf_counter() - start
+        seconds = watch.seconds
         info: dict[str, Any] = {"seconds": round(seconds, 3), "cache_key": key}
+        if watch.resumes:
+            info["resumed"] = watch.resumes
         info.update(exp.task.fit_summary(exp, model, data))
         log.info("%s model trained in %.1fs: %s", kind, seconds, info)
         return info

@@ -113,6 +113,7 @@ def prepare(cfg: Config, split_path: str | Path | None = None) -> Experiment:
         )
     task = TASKS.get(cfg.task).from_config(cfg, bundle)
     runtime.bind_task(task)
+    runtime.bind_run({**cfg.fingerprint(), "split": split.hash})  # what a checkpoint must match
     return Experiment(cfg, bundle, split, task)
 
 
@@ -135,13 +136,19 @@ def unlearn_masked(
     """
     if method_name == "retrain":
         model, info = train_model(exp, "retrain", recipe=retrain_recipe(exp.cfg, params))
-        run = {"rte_seconds": info.get("seconds"), "mask_seconds": 0.0, "retrain": info}
+        run = {
+            "rte_seconds": info.get("seconds"),
+            "mask_seconds": 0.0,
+            "resumed": int(info.get("resumed", 0)),
+            "retrain": info,
+        }
         return model, run, None
     method = get_method(method_name, **(params or {}))
     check_task(method_name, exp.cfg.task)
     model = copy.deepcopy(original)
     reseed(exp, exp.cfg.seed)
     mask_seconds = 0.0
+    watch = runtime.Stopwatch()  # with the time before an interruption when resumed
     start = time.perf_counter()
     if mask is True:
         m = exp.cfg.mask
@@ -153,7 +160,7 @@ def unlearn_masked(
         mask = None
     data = UnlearnData(forget=exp.forget, retain=exp.retain, seed=exp.cfg.seed, val=exp.val)
     model, calibration = run_method(method, model, data, exp.task, mask)
-    total = time.perf_counter() - start
+    total = watch.seconds
     info = {
         "calibration": _calibration_summary(calibration),
         "_calibration": calibration,
@@ -161,7 +168,8 @@ def unlearn_masked(
         "params": method_params(method),
         "mask": None if mask is None else {**mask.meta, "fraction": mask.fraction},
         "mask_seconds": round(mask_seconds, 4),
-        "rte_seconds": round(total, 4),
+        "rte_seconds": round(total, 4),  # every stretch of a resumed run
+        "resumed": watch.resumes,
     }
     return model, info, mask
 
@@ -289,7 +297,7 @@ def run_unlearn(
     recorded model hash differs) is refused unless ``force``. ``audit.json`` is written last.
     A task with its own runs (``Task.pipeline``) runs them instead.
     """
-    check_out(out, overwrite)
+    check_out(out, overwrite, [model_path, mask_path, split_path, *cfg.input_paths()])
     runs = TASKS.get(cfg.task).pipeline
     if runs is not None:
         return dict(runs.run_unlearn(cfg, out, model_path, mask_path, split_path, compare, force))

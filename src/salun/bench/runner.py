@@ -19,6 +19,7 @@ import atexit
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +33,8 @@ from tqdm.auto import tqdm
 from salun.bench.grid import RunSpec, expand_grid
 from salun.config import Config
 from salun.core.errors import SalunError
-from salun.core.io import hash_obj, sha256_bytes, write_json, write_text
+from salun.core.io import check_out, hash_obj, sha256_bytes, write_json, write_text
+from salun.core.runtime import CHECKPOINT_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +108,9 @@ def run_bench(
         raise SalunError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
     if jobs < 1:
         raise SalunError(f"--jobs must be >= 1, got {jobs}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SalunError(f"--out {str(out)!r} is a file, not a folder; give a folder path")
+    # not the current, home or data folder; the model cache is the bench's own (--cache)
+    inputs = [p for p in cfg.input_paths() if p != cfg.cache_dir]
+    out = check_out(out, inputs=inputs, replaces=False)
     runs = expand_grid(cfg)  # validates the whole grid before anything is written
     cache = str(Path(cache_dir) if cache_dir else out / "cache")
     if Path(cache).exists() and not Path(cache).is_dir():
@@ -161,7 +163,12 @@ def _prepare_run(spec: RunSpec, folder: Path, cache: str, want: str) -> None:
     tree = dict(spec.config)
     tree["cache_dir"] = cache
     tree["progress"] = False
-    write_text(folder / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
+    text = yaml.safe_dump(tree, sort_keys=False)
+    old = folder / "config.yaml"
+    if old.is_file() and old.read_text(encoding="utf-8") != text:
+        # checkpoints of the run's previous config resume nothing now (they would be refused)
+        shutil.rmtree(folder.parent / f".{folder.name}{CHECKPOINT_SUFFIX}", ignore_errors=True)
+    write_text(folder / "config.yaml", text)
     info = {k: v for k, v in spec.to_dict().items() if k != "config"}
     write_json(folder / "run.json", {**info, "config_hash": want})
     err = folder / "error.json"

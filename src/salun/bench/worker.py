@@ -58,7 +58,12 @@ def execute(folder: Path) -> dict[str, Any]:
             model, run = original, {"rte_seconds": 0.0, "mask_seconds": 0.0}
         elif spec["kind"] in ("retrain", "retrain_prime"):
             model, info = model_of(spec["kind"])
-            run = {"rte_seconds": info["seconds"], "mask_seconds": 0.0, "retrain": info}
+            run = {
+                "rte_seconds": info["seconds"],  # every stretch of a resumed run
+                "mask_seconds": 0.0,
+                "resumed": int(info.get("resumed", 0)),
+                "retrain": info,
+            }
         else:
             from salun.run import method_uses_mask
 

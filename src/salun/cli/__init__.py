@@ -55,6 +55,10 @@ _COMMANDS = (
 )
 
 
+#: Commands whose --out folder is replaced as a whole (staged, renamed onto it): one run at a
+#: time may write it (salun.core.io.out_lock).
+_REPLACES_OUT = ("train", "mask", "unlearn", "sample", "demo")
+
 _DESCRIPTION = (
     "Machine unlearning with SalUn (Fan et al., ICLR 2024) and its baselines: train a model, "
     "make it forget a set of training images or a class, and measure how close it gets to "
@@ -118,8 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("salun").setLevel(logging.INFO)
     out: str | None = getattr(args, "out", None)
     # A folder this command created is removed when the input was bad; bench folders are kept
-    # (they are resumable), and so are folders of crashed runs (their log helps).
-    fresh = out is not None and args.command not in ("bench", "tune") and not Path(out).exists()
+    # (they are resumable), and so are folders of crashed runs (their log helps). Staged run
+    # folders (train, mask, unlearn, sample) appear only complete: one found after a failure is
+    # another run's result, never removed.
+    fresh = out is not None and args.command in ("demo", "eval") and not Path(out).exists()
     func: Callable[[argparse.Namespace], int] = args.func
     if args.command == "list":  # torch-free: no process group, no runtime session
         try:
@@ -138,7 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("salun").setLevel(logging.WARNING)
     folder = out if args.command in ("train", "mask", "unlearn") else None
     try:
-        return _run(func, args, out, fresh, folder, main_rank)
+        if out is None or args.command not in _REPLACES_OUT:
+            return _run(func, args, out, fresh, folder, main_rank)
+        from salun.core.io import out_lock
+
+        try:  # held for the whole command: its checkpoints and its run folder
+            lock = out_lock(out, create=False)
+            lock.__enter__()
+        except SalunError as e:
+            print(f"salun: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        try:
+            return _run(func, args, out, fresh, folder, main_rank)
+        finally:
+            lock.__exit__(None, None, None)
     finally:
         logging.getLogger().removeHandler(handler)  # main() may run many times in one process
         if started:

@@ -61,6 +61,14 @@ def _print_cache(kind: str, info: dict[str, Any]) -> None:
         print(note)
 
 
+def resumed_note(resumed: Any) -> str:
+    """`` (resumed N times: total over N + 1 stretches)`` for a resumed run, else ""."""
+    if not isinstance(resumed, int | float) or resumed < 1:
+        return ""
+    n = int(resumed)
+    return f" (resumed {n} time{'s' if n > 1 else ''}: total over {n + 1} stretches)"
+
+
 def _print_metrics(title: str, m: dict[str, Any]) -> None:
     if "other_acc" in m:  # generator: UA by the judge, other-class accuracy, FID
         print(title)

@@ -29,6 +29,11 @@ def add_parser(sub: Any) -> None:
         "runs/demo-sd for the other tasks)",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out (replacing its scenario folders, or the demo folder)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -63,7 +68,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     module, name = task.demo.split(":")
     run = getattr(importlib.import_module(module), name)
     out = args.out if args.out != "runs/demo" else task.demo_out
+    from salun.core.io import check_out
+
+    check_out(out, args.overwrite)  # the demos check their config's folders as well
     offered = {
+        "overwrite": args.overwrite,
         "seed": args.seed,
         "dataset": args.dataset,
         "progress": not args.no_progress,

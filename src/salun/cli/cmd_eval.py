@@ -29,10 +29,13 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from salun.core.io import write_json
+    from salun.core.io import check_out, write_json
     from salun.run import evaluate, prepare
 
     cfg = _config(args)
+    if args.out is not None:  # eval.json is written into it: the folder is not replaced
+        inputs = [args.model, args.split, *cfg.input_paths()]
+        check_out(args.out, inputs=inputs, replaces=False)
     runs = _task(cfg.task).pipeline
     if runs is not None:
         runs.run_eval(cfg)

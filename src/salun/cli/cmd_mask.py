@@ -30,8 +30,8 @@ def cmd_mask(args: argparse.Namespace) -> int:
     from salun.methods.saliency import compute_saliency_mask
     from salun.run import prepare, run_folder, train_model
 
-    check_out(args.out, args.overwrite)
     cfg = _config(args)
+    check_out(args.out, args.overwrite, [args.split, args.model, *cfg.input_paths()])
     runs = _task(cfg.task).pipeline
     if runs is not None:
         mask = runs.run_mask(cfg, args.out, args.model)

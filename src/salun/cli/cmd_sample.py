@@ -58,7 +58,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from salun.eval.generation import check_sampling, sample
     from salun.tasks.ddpm.ddpm_folders import load_ddpm
 
-    check_out(args.out, args.overwrite)
+    check_out(args.out, args.overwrite, [args.model])
     if not math.isfinite(args.guidance if args.guidance is not None else 0.0):
         raise SalunError(f"--guidance must be a finite number, got {args.guidance}")
     if args.steps < 1:

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from salun.cli.cli_options import _common, _config, _print_cache, _print_metrics, _sub, _task
+from salun.cli.cli_options import (
+    _common,
+    _config,
+    _print_cache,
+    _print_metrics,
+    _sub,
+    _task,
+    resumed_note,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -36,8 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from salun.core.io import check_out, write_json  # lazy: salun --help stays torch-free
     from salun.run import check_finite_weights, prepare, run_folder, train_model, versions
 
-    check_out(args.out, args.overwrite)
     cfg = _config(args)
+    check_out(args.out, args.overwrite, [args.split, *cfg.input_paths()])
     runs = _task(cfg.task).pipeline
     if runs is not None:
         runs.run_train(cfg, args.out)
@@ -66,5 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     _print_cache(args.kind, info)
     print(f"{args.kind} model: {fit_figure}  -> {target}")
+    if info.get("resumed"):
+        print(f"trained in {info['seconds']:.2f}s{resumed_note(info['resumed'])}")
     _print_metrics("evaluation on the split:", metrics)
     return 0

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from salun.cli.cli_options import _common, _config, _print_cache, _print_metrics, _sub, _task
+from salun.cli.cli_options import (
+    _common,
+    _config,
+    _print_cache,
+    _print_metrics,
+    _sub,
+    _task,
+    resumed_note,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -52,7 +60,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         _print_cache("retrain", r["retrain"]["info"])
     print(
         f"{cfg.unlearn.method} on {cfg.data.name} ({cfg.data.scenario}), seed {cfg.seed}: "
-        f"RTE {r['run']['rte_seconds']:.2f}s"
+        f"RTE {r['run']['rte_seconds']:.2f}s{resumed_note(r['run'].get('resumed'))}"
     )
     _print_metrics("unlearned:", r["metrics"])
     if "retrain" in r:

@@ -188,5 +188,42 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def input_paths(self) -> list[str]:
+        """The files and folders a run of this config reads or shares (the model cache, the
+        data folder, a pipeline or image folder, an I2P CSV, a feature network file): an
+        ``--out`` folder may not be or hold one (:func:`salun.core.io.check_out`)."""
+        d, t = self.data, self.text_to_image
+        paths = [self.cache_dir, d.data_dir, t.image_folder, t.i2p_csv]
+        if t.pipeline != "tiny":
+            paths.append(t.pipeline)  # a hub id resolves to a folder nobody writes to
+        if self.diffusion.fid_features not in ("classifier", "inception"):
+            paths.append(self.diffusion.fid_features)
+        return [str(p) for p in paths if isinstance(p, str) and p.strip()]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields a run's result depends on, flat (``data.forget_class``: 3): every field
+        but where and how the run executes (progress, threads, device, cache and data folders,
+        checkpoint interval, torch.compile). A checkpoint resumes only a run with the same."""
+        skip = {
+            "progress",
+            "threads",
+            "device",
+            "cache_dir",
+            "data.data_dir",
+            "runtime.checkpoint_every",
+            "runtime.compile",
+        }
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, tree: Any) -> None:
+            if isinstance(tree, dict):
+                for k, v in tree.items():
+                    walk(f"{prefix}{k}.", v)
+            else:
+                flat[prefix[:-1]] = tree
+
+        walk("", self.to_dict())
+        return {k: v for k, v in flat.items() if k not in skip}
+
 
 #: The order of the registered checks: the task's section, the method, the bench grid.

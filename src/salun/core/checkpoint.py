@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -150,8 +152,22 @@ class Position:
 class Checkpointer:
     """Saves and restores one ``fit`` loop. Built by :func:`for_fit`; None without a session."""
 
-    def __init__(self, path: Path, every: int, model: nn.Module, opt, scaler, mask, task, resume):
+    def __init__(
+        self,
+        path: Path,
+        every: int,
+        model: nn.Module,
+        opt,
+        scaler,
+        mask,
+        task,
+        resume,
+        epochs: int | None = None,
+        fingerprint: dict[str, Any] | None = None,
+    ):
         self.path, self.every, self.resume = path, every, resume
+        self.epochs, self.fingerprint = epochs, fingerprint
+        self.started, self.before, self.resumes = time.perf_counter(), 0.0, 0
         self.model, self.opt, self.scaler, self.mask, self.task = model, opt, scaler, mask, task
         self.cycles = claim_cycles()
         self.generators = claim_generators()
@@ -231,6 +247,9 @@ class Checkpointer:
             "rng": rng,
             "cycles": cycles,
             "has_mask": self.mask is not None,
+            "fingerprint": self.fingerprint,
+            "seconds": self.before + (time.perf_counter() - self.started),
+            "resumes": self.resumes,
         }
         save_tensors(self.path, tensors, {"salun": json.dumps(meta, default=_json)})
         log.debug("checkpoint %s at step %d", self.path, pos.step)
@@ -245,8 +264,103 @@ class Checkpointer:
             tensors = load_tensors(self.path)
         except Exception as e:
             raise SalunError(f"checkpoint {str(self.path)!r} is not readable: {e}") from e
-        if meta.get("format") != FORMAT:
-            raise SalunError(f"checkpoint {str(self.path)!r} has format {meta.get('format')!r}")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise SalunError(f"checkpoint {str(self.path)!r} has format {got!r}")
+        self._check_run(meta)
+        pos, running, count = self._check_meta(meta)
+        try:
+            self._restore(meta, tensors)
+        except SalunError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise SalunError(
+                f"checkpoint {str(self.path)!r} is corrupt ({type(e).__name__}: {e}); run "
+                "without --resume to start over"
+            ) from None
+        from salun.core import runtime
+
+        self.before, self.resumes = float(meta.get("seconds", 0.0)), int(meta.get("resumes", 0)) + 1
+        self.started = time.perf_counter()
+        runtime.current().resumed.append((self.before, self.resumes))
+        log.info(
+            "resumed %s at step %d (epoch %d; resume %d, %.2fs before)",
+            self.path.name,
+            pos.step,
+            pos.epoch + 1,
+            self.resumes,
+            self.before,
+        )
+        return pos, running, count
+
+    def _check_run(self, meta: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another run (another config or split): name what differs."""
+        theirs, ours = meta.get("fingerprint"), self.fingerprint
+        if theirs == ours:
+            return
+        if not isinstance(theirs, dict) or not isinstance(ours, dict):
+            what = "it records no run fingerprint" if ours else "this run has no fingerprint"
+        else:
+            keys = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+            shown = [f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in keys[:3]]
+            more = f"; {len(keys) - 3} more" if len(keys) > 3 else ""
+            what = "; ".join(shown) + more
+        raise SalunError(
+            f"checkpoint {str(self.path)!r} is from another run ({what}); resume with the same "
+            "settings, or run without --resume to start over"
+        )
+
+    def _check_meta(self, meta: dict[str, Any]) -> tuple[Position, float, int]:
+        """Types and ranges of the position, loss sums, time and resume count."""
+
+        def bad(what: str, value: Any, allowed: str) -> SalunError:
+            return SalunError(
+                f"checkpoint {str(self.path)!r} has {what} {value!r}; allowed: {allowed}"
+            )
+
+        raw = meta.get("position")
+        fields = {"epoch", "phase", "batch", "step"}
+        if not isinstance(raw, dict) or set(raw) != fields:
+            raise bad("position", raw, "a dict of integers epoch, phase, batch, step")
+        top = self.epochs if isinstance(self.epochs, int) else None
+        for key in ("epoch", "phase", "batch", "step"):
+            v = raw[key]
+            if not _is_int(v) or v < 0 or (key == "epoch" and top is not None and v > top):
+                span = f"0..{top}" if key == "epoch" and top is not None else "an integer >= 0"
+                raise bad(f"position.{key}", v, span)
+        running, count = meta.get("running"), meta.get("count")
+        if not isinstance(running, int | float) or isinstance(running, bool):
+            raise bad("running loss", running, "a finite number")
+        if not math.isfinite(running):
+            raise bad("running loss", running, "a finite number")
+        if not _is_int(count) or count < 0:
+            raise bad("count", count, "an integer >= 0")
+        seconds, resumes = meta.get("seconds", 0.0), meta.get("resumes", 0)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise bad("seconds", seconds, "a finite number >= 0")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise bad("seconds", seconds, "a finite number >= 0")
+        if not _is_int(resumes) or resumes < 0:
+            raise bad("resumes", resumes, "an integer >= 0")
+        return Position(**raw), float(running), int(count)
+
+    def check_phases(self, pos: Position, phases: list) -> None:
+        """The resumed position must lie inside the epoch's phases and their batches."""
+        if pos.phase >= len(phases):
+            raise SalunError(
+                f"checkpoint {str(self.path)!r} has position.phase {pos.phase}; allowed: "
+                f"0..{len(phases) - 1}"
+            )
+        try:
+            n = len(phases[pos.phase][0])
+        except TypeError:
+            return
+        if pos.batch > n:
+            raise SalunError(
+                f"checkpoint {str(self.path)!r} has position.batch {pos.batch}; allowed: 0..{n}"
+            )
+
+    def _restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         if meta["has_mask"] != (self.mask is not None) or (
             self.mask is not None
             and any(not torch.equal(tensors[f"mask.{k}"], m) for k, m in self.mask.masks.items())
@@ -272,9 +386,6 @@ class Checkpointer:
         }
         self._pending_rng = meta["rng"]
         self._pending_tensors = {k: v for k, v in tensors.items() if k.startswith("rng.")}
-        pos = Position(**meta["position"])
-        log.info("resumed %s at step %d (epoch %d)", self.path.name, pos.step, pos.epoch + 1)
-        return pos, float(meta["running"]), int(meta["count"])
 
     def restore_loaders(self, phases: list) -> None:
         for i, (loader, _) in enumerate(phases):
@@ -287,6 +398,10 @@ class Checkpointer:
             if state is not None:
                 g.set_state(state)
         self._pending_rng = None
+
+
+def _is_int(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _json(obj: Any) -> Any:
@@ -345,4 +460,16 @@ def for_fit(desc: str, args: Any, model: nn.Module, opt, scaler, mask) -> Checkp
     key = hash_obj({"desc": desc, "args": _args_key(args), "weights": hash_state(model)})[:16]
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in desc)
     path = Path(folder) / f"{safe}-{key}.safetensors"
-    return Checkpointer(path, rt.checkpoint_every, model, opt, scaler, mask, rt.task, rt.resume)
+    epochs = getattr(args, "epochs", None)
+    return Checkpointer(
+        path,
+        rt.checkpoint_every,
+        model,
+        opt,
+        scaler,
+        mask,
+        rt.task,
+        rt.resume,
+        epochs,
+        rt.fingerprint,
+    )

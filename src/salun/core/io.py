@@ -11,8 +11,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +137,32 @@ def hash_obj(obj: Any) -> str:
 INCOMPLETE = "INCOMPLETE"
 
 
-def check_out(out: str | os.PathLike | None, overwrite: bool = False) -> Path:
-    """Refuse an ``--out`` that is empty, a file, or a non-empty folder (unless ``overwrite``)."""
+def _resolved(path: str | os.PathLike, user: bool = False) -> Path:
+    """``path`` absolute, symlinks resolved (``~`` expanded when ``user``: config paths)."""
+    return Path(os.path.expanduser(os.fspath(path)) if user else path).resolve()
+
+
+#: check_out's decision per resolved --out: may staged_folder replace a folder found there?
+_MAY_REPLACE: dict[Path, bool] = {}
+
+
+def check_out(
+    out: str | os.PathLike | None,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    replaces: bool = True,
+) -> Path:
+    """The one check of a command's ``--out``, before any work starts (every command that writes
+    an ``--out`` folder calls it).
+
+    Refuses an empty path, a file, a non-empty folder (unless ``overwrite``; ``replaces=False``:
+    a command that writes into the folder without replacing it), and any folder that is, or
+    holds, the current folder, the home folder, the root or one of ``inputs`` (the command's
+    model, mask, split, pipeline, cache and data folders): symlinks and relative paths resolved.
+    Refuses a folder that another salun run is writing (:func:`out_lock`). Remembers whether
+    the folder may be replaced, so a run never replaces a folder that appeared while it ran
+    (another run's result) unless ``overwrite``.
+    """
     from salun.core.errors import SalunError
 
     if out is None or not str(out).strip():
@@ -146,13 +170,67 @@ def check_out(out: str | os.PathLike | None, overwrite: bool = False) -> Path:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise SalunError(f"--out {str(out)!r} is a file, not a folder; give a folder path")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    where = _resolved(out)
+    guarded = [
+        ("the current folder", Path.cwd()),
+        ("your home folder", Path.home()),
+        ("the root folder", Path(where.anchor)),
+    ]
+    guarded += [(f"the input {str(p)!r}", Path(p)) for p in inputs if p is not None and str(p)]
+    for what, p in guarded:
+        target = _resolved(p, user=True)
+        if where == target or where in target.parents:
+            held = "is" if where == target else "holds"
+            raise SalunError(
+                f"--out {str(out)!r} {held} {what}; replacing it would delete it: give a new "
+                "folder for the run"
+            )
+    if replaces and path.is_dir() and any(path.iterdir()) and not overwrite:
         raise SalunError(
             f"--out {str(out)!r} is not empty; pass --overwrite to replace it, or give a new folder"
         )
-    if path.resolve() == Path.cwd().resolve() or path.resolve() == Path(path.anchor):
-        raise SalunError(f"--out {str(out)!r} is the current or root folder; give a new folder")
+    with out_lock(out, create=False):  # free now: no other run is writing it
+        pass
+    _MAY_REPLACE[where] = overwrite
     return path
+
+
+@contextmanager
+def out_lock(out: str | os.PathLike, create: bool = True) -> Iterator[None]:
+    """Hold the inter-process lock (filelock) of the run folder ``out`` (``.NAME.lock`` beside
+    it), or fail at once with one line when another salun run holds it. Re-entrant within a
+    thread; the lock file is removed when the last holder releases it. ``create=False``: no
+    lock (and no folder made) while the parent folder does not exist yet."""
+    from filelock import FileLock, Timeout
+
+    from salun.core.distributed import is_main
+    from salun.core.errors import SalunError
+
+    if not is_main():  # under torchrun only rank 0 writes the run folder
+        yield
+        return
+    target = Path(os.path.abspath(out))
+    if not create and not target.parent.is_dir():
+        yield
+        return
+    _make_parent(target)
+    lock = FileLock(str(target.parent / f".{target.name}.lock"), is_singleton=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SalunError(
+            f"--out {str(out)!r} is being written by another salun run; wait for it to finish "
+            "or give another folder"
+        ) from None
+    except OSError as e:
+        raise SalunError(f"cannot lock {str(out)!r}: {e.strerror}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        if not lock.is_locked:
+            with suppress(OSError):
+                os.unlink(lock.lock_file)
 
 
 def _make_parent(path: Path) -> None:
@@ -180,23 +258,31 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
         with tempfile.TemporaryDirectory() as scratch:
             yield Path(scratch)
         return
+    given = out
     out = Path(os.path.abspath(out))
-    _make_parent(out)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    except OSError as e:
-        raise SalunError(f"cannot write into {str(out.parent)!r}: {e.strerror}") from None
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        (tmp / INCOMPLETE).write_text(
-            f"interrupted salun run (pid {os.getpid()}) for {out}; not a result\n", encoding="utf-8"
-        )
-        yield tmp
-        (tmp / INCOMPLETE).unlink()
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    may_replace = _MAY_REPLACE.pop(_resolved(out), True)
+    with out_lock(out):
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        except OSError as e:
+            raise SalunError(f"cannot write into {str(out.parent)!r}: {e.strerror}") from None
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())
+            (tmp / INCOMPLETE).write_text(
+                f"interrupted salun run (pid {os.getpid()}) for {out}; not a result\n",
+                encoding="utf-8",
+            )
+            yield tmp
+            (tmp / INCOMPLETE).unlink()
+            if not may_replace and out.is_dir() and any(out.iterdir()):
+                raise SalunError(
+                    f"--out {str(given)!r} was written by another salun run while this one ran; "
+                    "its result is kept: pass --overwrite to replace it, or give a new folder"
+                )
+            replace_folder(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def replace_folder(src: Path, dst: Path) -> None:

@@ -12,8 +12,9 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ class Runtime:
     folder: Path | None = None  # checkpoints go to folder / "checkpoints"; None: no checkpoints
     resume: bool = False
     task: Any = None  # the run's task: its generator (diffusion noise) is part of a checkpoint
+    # what a checkpoint must match to be resumed: the run's config fields and split hash
+    fingerprint: dict[str, Any] | None = None
+    # one entry per loop resumed from a checkpoint: (its seconds before, times it was resumed)
+    resumed: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -103,3 +108,31 @@ def configure(cfg: Any, task: Any = None) -> Runtime:
 def bind_task(task: Any) -> None:
     """Called by ``prepare``: the current run's task (its noise generator is checkpointed)."""
     _CURRENT.task = task
+
+
+def bind_run(fingerprint: dict[str, Any]) -> None:
+    """Called by ``prepare``: what identifies the current run (``Config.fingerprint`` and the
+    split's hash); each checkpoint records it and is resumed only by the same run."""
+    import json
+
+    _CURRENT.fingerprint = json.loads(json.dumps(fingerprint, default=str))
+
+
+class Stopwatch:
+    """Wall-clock seconds of a piece of work since it started, plus the seconds its loops had
+    spent before an interruption (recorded in their checkpoints) when a run was resumed:
+    ``seconds`` is the total over every stretch, ``resumes`` how often it was resumed."""
+
+    def __init__(self) -> None:
+        self._rt = _CURRENT
+        self._first = len(self._rt.resumed)
+        self._start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        before = sum(s for s, _ in self._rt.resumed[self._first :])
+        return time.perf_counter() - self._start + before
+
+    @property
+    def resumes(self) -> int:
+        return max((n for _, n in self._rt.resumed[self._first :]), default=0)

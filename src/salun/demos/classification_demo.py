@@ -13,7 +13,7 @@ from typing import Any
 from salun.config import Config, load_config, save_config
 from salun.core.catalog import display_name
 from salun.core.errors import SalunError
-from salun.core.io import write_json, write_text
+from salun.core.io import check_out, write_json, write_text
 from salun.core.results import (
     NUM_CLASSES,
     collapse_note,
@@ -229,9 +229,11 @@ def run_demo(
     progress: bool = True,
     overrides: list[str] | None = None,
     say: Say = _quiet,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the demo scenarios; returns one result (with a Markdown table) per scenario.
-    ``say`` receives one line per step (the CLI prints them)."""
+    ``say`` receives one line per step (the CLI prints them). A non-empty ``out`` is refused
+    unless ``overwrite`` (then its scenario folders are replaced)."""
     out = Path(out)
     if dataset not in ("auto", "fashion-mnist", "digits"):
         raise SalunError(f"unknown demo dataset {dataset!r}; allowed: auto, fashion-mnist, digits")
@@ -244,17 +246,16 @@ def run_demo(
             )
     preset = "demo-fmnist" if dataset == "fashion-mnist" else "demo-digits"
     scenarios = ["random", "class"] if dataset == "fashion-mnist" else ["class"]
-    results = []
-    for i, scenario in enumerate(scenarios, 1):
-        cfg = load_config(
+    cfgs = [
+        load_config(
             preset,
-            [
-                f"seed={seed}",
-                f"progress={progress}",
-                f"data.scenario={scenario}",
-                *(overrides or []),
-            ],
+            [f"seed={seed}", f"progress={progress}", f"data.scenario={s}", *(overrides or [])],
         )
+        for s in scenarios
+    ]
+    check_out(out, overwrite, [p for cfg in cfgs for p in cfg.input_paths()])
+    results = []
+    for i, (scenario, cfg) in enumerate(zip(scenarios, cfgs, strict=True), 1):
         methods = copy.deepcopy(DEMO_METHODS[scenario])
         folder = out / f"{dataset}-{scenario}-seed{seed}"
         results.append(

@@ -16,7 +16,7 @@ from typing import Any
 
 from salun.config import load_config, save_config
 from salun.core.catalog import display_name
-from salun.core.io import write_json, write_text
+from salun.core.io import check_out, write_json, write_text
 from salun.core.results import markdown_table
 from salun.eval.generation import DEFINITIONS, GEN_EVAL_VERSION, save_grid
 from salun.methods import wants_mask
@@ -68,13 +68,15 @@ def run_ddpm_demo(
     methods: dict[str, dict[str, Any]] | None = None,
     retrain: bool = False,
     say: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a class-conditional DDPM on digits, erase one digit with each method, score them.
 
     ``say`` receives one line per step (the CLI prints them; library code only logs).
 
     Writes ``grid_<name>.png`` (one row per class), ``report.md`` and ``metrics.json``; the
-    folder is built beside ``out`` and renamed onto it (complete or absent).
+    folder is built beside ``out`` and renamed onto it (complete or absent); a non-empty
+    ``out`` is refused unless ``overwrite``.
     """
     out = Path(out)
 
@@ -84,6 +86,7 @@ def run_ddpm_demo(
             say(f"DDPM demo: {line}")
 
     cfg = load_config("demo-ddpm", [f"seed={seed}", f"progress={progress}", *(overrides or [])])
+    check_out(out, overwrite, cfg.input_paths())
     methods = copy.deepcopy(DDPM_DEMO_METHODS if methods is None else methods)
     exp = prepare(cfg)
     with run_folder(out) as out:  # staged, renamed onto out at the end

@@ -330,9 +330,10 @@ def run_t2i_demo(
     overrides: list[str] | None = None,
     settings: dict[str, Any] | None = None,
     methods: dict[str, dict[str, Any]] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train (or load from cache), erase, judge; writes ``original/`` (diffusers), grids,
-    ``report.md``, metrics."""
+    ``report.md``, metrics. A non-empty ``out`` is refused unless ``overwrite``."""
     from salun.data import load_dataset
     from salun.eval.generation import save_grid
     from salun.run import run_folder, seed_everything, versions
@@ -352,6 +353,10 @@ def run_t2i_demo(
         ],
     )
     t = cfg.text_to_image
+    from salun.core.io import check_out
+
+    # the pipeline (out/original) is this demo's own output, not an input
+    check_out(out, overwrite, [p for p in cfg.input_paths() if p != t.pipeline])
     templates = eval_templates(t.template)
     times: dict[str, float] = {}
     cpu: dict[str, float] = {}

@@ -200,6 +200,7 @@ def fit(
         phase_n = [0] * len(plist)
         resuming = resumed is not None and epoch == pos.epoch
         if resuming and ckpt is not None:
+            ckpt.check_phases(pos, plist)
             ckpt.restore_loaders(plist)
         for i, (loader, loss_fn) in enumerate(plist):
             if resuming and i < pos.phase:
