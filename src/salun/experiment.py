@@ -25,7 +25,7 @@ from torch import nn
 from salun.config import Config, TrainConfig
 from salun.core import distributed
 from salun.core.errors import SalunError
-from salun.core.io import hash_obj, load_tensors, read_metadata, save_tensors
+from salun.core.io import check_state, hash_obj, load_tensors, read_metadata, save_tensors
 from salun.data import DatasetBundle, IndexedDataset, Split
 from salun.methods._fit import Optim, fit
 
@@ -271,21 +271,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         state = load_tensors(path)
     except Exception as e:
         raise SalunError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from e
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or extra or bad:
-        raise SalunError(
-            f"checkpoint {str(path)!r} does not match the model: missing {missing[:3]}, "
-            f"unexpected {extra[:3]}, wrong shape {bad[:3]}"
-        )
-    bad_values = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
-    if bad_values:
-        raise SalunError(
-            f"checkpoint {str(path)!r} holds non-finite values (NaN or inf) in {bad_values[0]!r}; "
-            "refusing to use it"
-        )
+    check_state(state, model.state_dict(), f"checkpoint {str(path)!r}")
     model.load_state_dict(state)
     return model
 
