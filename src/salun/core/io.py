@@ -176,7 +176,6 @@ def write_error(path: str | os.PathLike, e: BaseException) -> Exception:
     safetensors' own error type); anything else is returned unchanged."""
     from safetensors import SafetensorError
 
-
     if isinstance(e, SalunError) or not isinstance(e, OSError | SafetensorError):
         return e if isinstance(e, Exception) else RuntimeError(str(e))
     where = public_path(path)
@@ -227,9 +226,7 @@ def _dtype_kind(t: torch.Tensor) -> str:
     return "complex" if t.is_complex() else "integer"
 
 
-def check_state(
-    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], where: str
-) -> None:
+def check_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], where: str) -> None:
     """Refuse weights read from a file that do not fit the model's ``own`` state dict: other
     names, other shapes, another kind of dtype (float weights given as int or bool), or
     non-finite values. One line naming the tensor, what was found and what is expected."""

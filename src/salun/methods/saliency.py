@@ -99,8 +99,8 @@ class SaliencyMask:
         if not recorded:
             if not force:
                 raise SalunError(
-                    f"{where} records no model_hash (no salun metadata), so nothing ties it to "
-                    "this model; pass --force to use it anyway"
+                    f"{where} records no model_hash, so nothing ties it to this model; pass "
+                    "--force to use it anyway"
                 )
             log.warning("%s records no model_hash; used as forced", where)
             return
@@ -121,7 +121,12 @@ class SaliencyMask:
         recorded = self.meta.get("data_hash") or ""
         if recorded == data_hash:
             return
-        if not recorded:
+        if not recorded and not self.meta.get("model_hash"):
+            problem = (
+                "has no salun metadata (no model_hash, no data_hash), so nothing ties it to "
+                "this model and forget set"
+            )
+        elif not recorded:
             problem = "records no data_hash, so nothing ties it to this run's forget set"
         else:
             problem = (
