@@ -175,6 +175,10 @@ def _is_float(lo: float, hi: float, lo_open: bool = False) -> Callable[[str], bo
     return ok
 
 
+def _is_count(v: str) -> bool:
+    return 0 < len(v) <= 20 and v.isascii() and v.isdigit()
+
+
 def _is_hex(v: str) -> bool:
     return len(v) <= 64 and all(c in "0123456789abcdef" for c in v)
 
@@ -190,8 +194,8 @@ MASK_META: dict[str, tuple[Callable[[str], bool], str]] = {
     "model_hash": (lambda v: len(v) == 64 and _is_hex(v), "a sha256 (64 hex digits)"),
     "data_hash": (_is_hex, "empty or hex digits"),
     "seconds": (_is_float(0.0, math.inf), "a finite number >= 0"),
-    "selected": (str.isdigit, "the count of salient weights"),
-    "total": (str.isdigit, "the count of weights"),
+    "selected": (_is_count, "the count of salient weights"),
+    "total": (_is_count, "the count of weights"),
     "file": (lambda v: len(v) <= 4096 and v.isprintable(), "a path"),
 }
 
