@@ -528,8 +528,12 @@ def test_full_disk_keeps_the_previous_run(runs, tmp_path, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "model.safetensors"))
 
     monkeypatch.setattr(salun.core.io, "save_file", full)
-    msg = f"no space left on device ({out / 'model.safetensors'}); free some space and run again"
-    fails(unlearn_args(runs, out, "unlearn.method=ft", "--overwrite"), msg, capsys)
+    # the message names the file being written (the loop's first checkpoint), not the fake's
+    msg = (
+        f"no space left on device \\({re.escape(str(tmp_path))}/\\.u\\.checkpoints/"
+        r"FT-[0-9a-f]+\.safetensors\); free some space and run again"
+    )
+    fails(unlearn_args(runs, out, "unlearn.method=ft", "--overwrite"), msg, capsys, regex=True)
     assert snapshot(out) == before  # the earlier result is untouched
     # no half-written sibling; the loop's checkpoints stay beside it for --resume after the
     # disk is freed (resumable state, never mistaken for a result)

@@ -25,7 +25,14 @@ from salun.config import Config, TrainConfig
 from salun.core import distributed, runtime
 from salun.core.checks import first_non_finite
 from salun.core.errors import SalunError
-from salun.core.io import hash_obj, hash_state, load_tensors, read_metadata, save_tensors
+from salun.core.io import (
+    check_state,
+    hash_obj,
+    hash_state,
+    load_tensors,
+    read_metadata,
+    save_tensors,
+)
 from salun.data import DatasetBundle, IndexedDataset, Split
 from salun.methods._fit import Optim, fit
 
@@ -301,21 +308,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         state = load_tensors(path)
     except Exception as e:
         raise SalunError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from e
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or extra or bad:
-        raise SalunError(
-            f"checkpoint {str(path)!r} does not match the model: missing {missing[:3]}, "
-            f"unexpected {extra[:3]}, wrong shape {bad[:3]}"
-        )
-    bad_value = first_non_finite(state)
-    if bad_value is not None:
-        raise SalunError(
-            f"checkpoint {str(path)!r} holds non-finite values (NaN or inf) in {bad_value!r}; "
-            "refusing to use it"
-        )
+    check_state(state, model.state_dict(), f"checkpoint {str(path)!r}")
     model.load_state_dict(state)
     return model
 

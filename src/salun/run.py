@@ -95,7 +95,9 @@ def prepare(cfg: Config, split_path: str | Path | None = None) -> Experiment:
             raise SalunError(
                 f"split {str(split_path)!r} is for dataset {split.dataset!r}, config says {d.name!r}"
             )
-        split.check(len(bundle.train), len(bundle.test), f"split file {str(split_path)!r}")
+        where = f"split file {str(split_path)!r}"
+        split.check(len(bundle.train), len(bundle.test), where)
+        split.check_labels(bundle.train.labels.numpy(), bundle.test.labels.numpy(), where)
     else:
         split = make_split(
             bundle.train.labels.numpy(),
@@ -239,14 +241,24 @@ def population_attacks(
     return out
 
 
-def requested_mask(exp: Experiment, mask_path: str | Path | None) -> SaliencyMask | bool | None:
-    """A mask file (checked against the model's shapes), or whether the method computes its own.
+def requested_mask(
+    exp: Experiment, mask_path: str | Path | None, force: bool = False
+) -> SaliencyMask | bool | None:
+    """A mask file (checked against the model's shapes and the run's forget set: its recorded
+    data hash is the split's), or whether the method computes its own.
 
     The mask's recorded model hash is checked against the original in :func:`unlearn_in_folder`.
     """
     if mask_path is not None:
         mask = SaliencyMask.load(mask_path, exp.new_model())
         mask.meta["file"] = str(mask_path)
+        split = exp.split
+        forgets = (
+            f"class {split.forget_class}"
+            if split.forget_class is not None
+            else f"{len(split.forget)} random images"
+        )
+        mask.check_data_hash(split.hash, forgets, force)
         return mask
     return method_uses_mask(exp.cfg)
 
@@ -305,7 +317,9 @@ def run_unlearn(
     # Check inputs before anything is written.
     original = exp.task.load_model(exp, model_path) if model_path is not None else None
     orig_info: dict[str, Any] = {"checkpoint": str(model_path)} if model_path else {}
-    mask = requested_mask(exp, mask_path)
+    mask = requested_mask(exp, mask_path, force)
+    if isinstance(mask, SaliencyMask) and original is not None:
+        mask.check_model_hash(original, force)  # before anything is written
     with run_folder(out, log=False) as tmp:
         with run_log(tmp):
             result, model, original = _unlearn_run(

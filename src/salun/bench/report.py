@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -24,8 +23,8 @@ from scipy import stats
 
 from salun.core.catalog import display_name
 from salun.core.errors import SalunError
-from salun.core.io import save_figure, write_json, write_text
-from salun.core.results import NUM_CLASSES, collapse_note, collapsed
+from salun.core.io import read_json, save_figure, write_json, write_text
+from salun.core.results import NUM_CLASSES, collapse_note, collapsed, shape_problem
 from salun.eval.agreement import tug_of_war
 from salun.eval.classification import DEFINITIONS, EVAL_VERSION, METRICS
 
@@ -44,20 +43,90 @@ def summarise(values: list[float]) -> dict[str, float]:
     return {"n": n, "mean": float(arr.mean()), "std": std, "ci95": ci}
 
 
-def collect(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Finished runs (metrics.json) and failed ones (error.json, no metrics.json)."""
-    done, failed = [], []
-    for run_json in sorted(folder.glob("*/seed*/*/run.json")):
-        run_dir = run_json.parent
-        if (run_dir / "metrics.json").is_file():
-            done.append(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))
-        elif (run_dir / "error.json").is_file():
-            spec = json.loads(run_json.read_text(encoding="utf-8"))
-            err = json.loads((run_dir / "error.json").read_text(encoding="utf-8"))
-            failed.append({"name": spec["name"], "error": err.get("error", "?")})
+#: The fields of a bench run's metrics.json the report reads (see :func:`shape_problem`).
+RUN_FIELDS: dict[str, str] = {
+    "scenario": "str",
+    "label": "str",
+    "kind": "str",
+    "method": "str?",
+    "seed": "int",
+    "dataset": "str?",
+    "metrics": "dict",
+    **{f"metrics.{m}": "num" for m in METRICS},
+    "run": "dict",
+    "run.rte_seconds": "num?",
+    "original_train_acc": "num",
+    "retrain_free_estimate": "num?",
+    "retrain_distance": "dict?",
+    "retrain_distance.L2-distance": "num?",
+    "extended": "dict?",
+    "extended.ZRF": "num?",
+    "extended.mia_family": "dict?",
+    **{
+        f"extended.mia_family.{k}": "dict?"
+        for k in ("SVC-MIA-entropy", "SVC-MIA-m_entropy", "Loss-LR-MIA")
+    },
+    "extended.mia_family.SVC-MIA-entropy.score": "num?",
+    "extended.mia_family.SVC-MIA-m_entropy.score": "num?",
+    "extended.mia_family.Loss-LR-MIA.cv_auc": "num?",
+}
+
+
+def _read(path: Path, what: str) -> tuple[Any, str | None]:
+    """(the JSON in ``path``, None), or (None, why it cannot be read: one line)."""
+    try:
+        return read_json(path, what), None
+    except SalunError as e:
+        return None, str(e).replace(f" {str(path)!r}", "")
+
+
+def _run_folders(folder: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Every run folder of the bench: those of grid.json (the runs the bench was asked for,
+    so a deleted run is still listed) and any other holding a run.json."""
+    found = {p.parent for p in folder.glob("*/seed*/*/run.json")}
+    failed = []
+    if (folder / "grid.json").exists():
+        names, why = _read(folder / "grid.json", "grid.json")
+        if why is None and not (
+            isinstance(names, list) and all(isinstance(n, str) and n for n in names)
+        ):
+            why = "grid.json is not a list of run names"
+        if why is not None:
+            failed.append({"name": "grid.json", "error": why})
         else:
-            spec = json.loads(run_json.read_text(encoding="utf-8"))
-            failed.append({"name": spec["name"], "error": "not finished (interrupted?)"})
+            for n in names:
+                rel = Path(n)
+                if rel.is_absolute() or ".." in rel.parts:
+                    failed.append({"name": n, "error": "grid.json names a path outside the bench"})
+                else:
+                    found.add(folder / rel)
+    return sorted(found), failed
+
+
+def collect(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Finished runs (a valid metrics.json) and the others, each with a one-line reason:
+    failed (error.json), unreadable metrics.json (corrupt, or a field of the wrong type) or
+    none (not finished, or deleted)."""
+    done: list[dict[str, Any]] = []
+    runs, failed = _run_folders(folder)
+    for run_dir in runs:
+        name = run_dir.relative_to(folder).as_posix()
+        if (run_dir / "metrics.json").exists():
+            m, why = _read(run_dir / "metrics.json", "metrics.json")
+            why = why or shape_problem(m, RUN_FIELDS)
+            if why is None:
+                done.append(m)
+            else:
+                failed.append({"name": name, "error": f"unreadable metrics.json: {why}"})
+        elif (run_dir / "error.json").exists():
+            err, why = _read(run_dir / "error.json", "error.json")
+            line = err.get("error") if isinstance(err, dict) else None
+            reason = why or (" ".join(line.split()) if isinstance(line, str) else "?")
+            failed.append({"name": name, "error": reason})
+        elif (run_dir / "run.json").exists():
+            failed.append({"name": name, "error": "no metrics.json (not finished, or deleted)"})
+        else:
+            failed.append({"name": name, "error": "missing: the run's folder or run.json is gone"})
     return done, failed
 
 

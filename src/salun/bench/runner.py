@@ -16,7 +16,6 @@ parent-death signal each worker asks the kernel for.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import shutil
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 from salun.bench.grid import RunSpec, expand_grid
 from salun.config import Config
 from salun.core.errors import SalunError
-from salun.core.io import check_out, hash_obj, sha256_bytes, write_json, write_text
+from salun.core.io import check_out, hash_obj, read_json, sha256_bytes, write_json, write_text
 from salun.core.runtime import CHECKPOINT_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -59,8 +58,8 @@ def finished(folder: Path, want: str) -> str:
     if not path.is_file():
         return "missing"
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        m = read_json(path, "metrics.json")
+    except SalunError:
         return "corrupt"
     if not isinstance(m, dict) or "metrics" not in m:
         return "corrupt"
@@ -248,4 +247,4 @@ def _execute(folder: Path, timeout: float | None) -> bool:
 
 
 def load_run(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    return read_json(folder / "run.json", "run.json")

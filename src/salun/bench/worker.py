@@ -38,7 +38,7 @@ def execute(folder: Path) -> dict[str, Any]:
         versions,
     )
 
-    spec = read_json(folder / "run.json")
+    spec = read_json(folder / "run.json", "run.json")
     cfg = load_config(str(folder / "config.yaml"))
     exp = prepare(cfg)
     _record(folder, f"start {spec['name']}")

@@ -29,7 +29,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     r = verify_audit(args.folder)
     f = r["forgotten"]
     what = (
-        f"class {f['forget_class']} ({f['forget_class_name']})"
+        f"class {f['forget_class']} ({f.get('forget_class_name')})"
         if f.get("forget_class") is not None
         else f"{f['count']} training images"
     )

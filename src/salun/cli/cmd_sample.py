@@ -4,7 +4,6 @@ handler and the helpers that name and save the samples."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -123,8 +122,10 @@ def _check_size(args: argparse.Namespace, n_classes: int) -> None:
 def _model_name(model: str) -> str:
     """The method (or kind) that made a DDPM folder, from its run folder's metrics.json; grids
     are named grid_<method>.png everywhere."""
-    try:
-        m = json.loads((Path(model).parent / "metrics.json").read_text(encoding="utf-8"))
+    from salun.core.io import read_json
+
+    try:  # SalunError (a ValueError): missing, unreadable or not JSON
+        m = read_json(Path(model).parent / "metrics.json", "metrics.json")
         name = str(m.get("method") or m.get("kind") or "model")
     except (OSError, ValueError, AttributeError):
         return "model"

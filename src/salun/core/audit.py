@@ -85,26 +85,107 @@ def _short(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _scan(folder: Path) -> list[str]:
+    """:func:`_files` for verification: refuses what a hash cannot vouch for, naming it: a
+    symbolic link (to a folder or a file, whose target may change), an empty folder, and
+    anything that is not a regular file (a FIFO would hang the read)."""
+    import stat
+
+    for root, dirs, names in os.walk(folder):
+        for name in sorted(dirs + names):
+            p = Path(root) / name
+            rel = p.relative_to(folder).as_posix()
+            mode = p.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise SalunError(f"audit failed: {rel} is a symbolic link; a run holds plain files")
+            if stat.S_ISDIR(mode):
+                if not any(p.iterdir()):
+                    raise SalunError(f"audit failed: {rel} is an empty folder, not part of the run")
+            elif not stat.S_ISREG(mode):
+                raise SalunError(f"audit failed: {rel} is not a regular file")
+    return _files(folder)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_record(record: Any, path: Path) -> dict[str, Any]:
+    """The shape of an ``audit.json`` (it is not hashed itself): every field the verification
+    and ``salun audit`` read, with its type."""
+    where = f"{str(path)!r}"
+    if not isinstance(record, dict) or record.get("format") != AUDIT_FORMAT:
+        raise SalunError(f"{where} is not a {AUDIT_FORMAT} record")
+    f = record.get("forgotten")
+    text = ("created", "original_model_hash", "result_model_hash")
+    fields: list[tuple[str, bool]] = [
+        ("files", isinstance(record.get("files"), dict)),
+        ("forgotten", isinstance(f, dict)),
+        *((k, isinstance(record.get(k), str)) for k in text),
+        ("method", isinstance(record.get("method"), str | None)),
+        ("metrics", isinstance(record.get("metrics", {}), dict)),
+        ("versions", isinstance(record.get("versions", {}), dict)),
+    ]
+    if isinstance(f, dict):
+        fields += [
+            ("forgotten.dataset", isinstance(f.get("dataset"), str)),
+            ("forgotten.scenario", isinstance(f.get("scenario"), str)),
+            ("forgotten.count", isinstance(f.get("count"), int)),
+            ("forgotten.indices_hash", isinstance(f.get("indices_hash"), str)),
+            ("forgotten.split_hash", isinstance(f.get("split_hash"), str)),
+        ]
+    for key, ok in fields:
+        if not ok:
+            raise SalunError(f"{where} is not a {AUDIT_FORMAT} record: bad or missing {key}")
+    for rel, want in record["files"].items():
+        if not isinstance(want, str) or ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise SalunError(f"{where} is not a {AUDIT_FORMAT} record: bad files entry {rel!r}")
+    for name, m in record.get("metrics", {}).items():
+        if not isinstance(m, dict) or not all(_is_num(v) for v in m.values()):
+            raise SalunError(f"{where} is not a {AUDIT_FORMAT} record: bad metrics of {name!r}")
+    return record
+
+
+def _check_split(folder: Path, record: dict[str, Any]) -> None:
+    """What ``audit.json`` says was forgotten is what the run's (hashed) ``split.json`` holds."""
+    if "split.json" not in record["files"]:
+        return
+    split = read_json(folder / "split.json", "split file")
+    f = record["forgotten"]
+    same = isinstance(split, dict) and (
+        split.get("hash") == f["split_hash"]
+        and split.get("forget_class") == f.get("forget_class")
+        and hash_obj(split.get("forget")) == f["indices_hash"]
+    )
+    if not same:
+        raise SalunError(
+            f"audit failed: {AUDIT_FILE} says it forgot other data than split.json holds"
+        )
+
+
 def verify_audit(folder: str | Path) -> dict[str, Any]:
-    """Load ``audit.json`` and check every file's sha256; a mismatch is a one-line SalunError."""
+    """Load ``audit.json`` and check every file's sha256; a mismatch is a one-line SalunError.
+
+    The folder must hold plain files only (no symbolic links, FIFOs or empty folders), and
+    what ``audit.json`` says was forgotten must be what the run's ``split.json`` holds.
+    """
     folder = Path(folder)
+    if folder.is_symlink():
+        raise SalunError(f"run folder {str(folder)!r} is a symbolic link; give the folder itself")
     if not folder.is_dir():
         raise SalunError(f"run folder {str(folder)!r} does not exist")
     if (folder / INCOMPLETE).exists():
         raise SalunError(
             f"{str(folder)!r} is an interrupted run (it holds {INCOMPLETE}), not a result"
         )
+    if not any(folder.iterdir()):
+        raise SalunError(f"run folder {str(folder)!r} is empty; it holds no run to audit")
+    present = set(_scan(folder))  # refuses links, FIFOs and empty folders, audit.json's too
     path = folder / AUDIT_FILE
     if not path.is_file():
         raise SalunError(f"{str(folder)!r} has no {AUDIT_FILE} (only unlearning runs are audited)")
-    try:
-        record = read_json(path)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SalunError(f"{str(path)!r} is not valid JSON: {e}") from None
-    files = record.get("files") if isinstance(record, dict) else None
-    if record.get("format") != AUDIT_FORMAT or not isinstance(files, dict):
-        raise SalunError(f"{str(path)!r} is not a {AUDIT_FORMAT} record")
-    present = set(_files(folder))
+    record = _check_record(read_json(path, "audit record"), path)
+    files = record["files"]
     for rel, want in sorted(files.items()):
         if rel not in present:
             raise SalunError(f"audit failed: {rel} is listed in {AUDIT_FILE} but missing")
@@ -113,4 +194,5 @@ def verify_audit(folder: str | Path) -> dict[str, Any]:
     extra = sorted(present - set(files))
     if extra:
         raise SalunError(f"audit failed: {extra[0]} is not part of the run ({AUDIT_FILE})")
+    _check_split(folder, record)
     return record

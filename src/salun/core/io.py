@@ -6,6 +6,7 @@ crash never leaves a half-written file under the final name. Weights are stored 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from salun.core.errors import SalunError
 
 
 def _umask() -> int:
@@ -75,8 +78,125 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+#: Bounds on every JSON file salun reads back (split.json, metrics.json, audit.json, run.json,
+#: salun.json, configs of model folders): larger or deeper files are refused with one line.
+MAX_JSON_BYTES = 256 << 20
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(obj: Any) -> int:
+    """Nesting depth of a parsed JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+            stack.extend((v, depth) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+class JsonFileError(SalunError):
+    """A JSON file salun reads back is unusable: ``where`` (what and path) ``is`` ``reason``."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where} is {reason}")
+        self.where, self.reason = where, reason
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """Parse JSON text salun reads back; any failure is a one-line SalunError naming ``where``
+    (its ``where`` and ``reason`` attributes let a caller word it its own way).
+
+    Nesting is bounded (:data:`MAX_JSON_DEPTH`) so no reader meets a RecursionError later.
+    """
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        obj, deep = None, True
+    except (ValueError, UnicodeDecodeError) as e:
+        raise JsonFileError(where, f"not valid JSON: {e}") from None
+    else:
+        deep = json_depth(obj) > MAX_JSON_DEPTH
+    if deep:
+        raise JsonFileError(where, f"nested deeper than {MAX_JSON_DEPTH} levels (the limit)")
+    return obj
+
+
+def regular_file(path: str | os.PathLike, where: str) -> Path:
+    """``path`` if it is a regular file (not a FIFO, device or folder, which reading would
+    hang on or fail); else a one-line SalunError naming ``where``."""
+    import stat
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise SalunError(f"{where} does not exist") from None
+    if not stat.S_ISREG(mode):
+        raise JsonFileError(where, "not a regular file")
+    return path
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The one reader of JSON files salun reads back: a regular file of at most
+    :data:`MAX_JSON_BYTES`, UTF-8, valid JSON, nested at most :data:`MAX_JSON_DEPTH` deep.
+    Every failure is a one-line SalunError naming ``what`` and the path."""
+    where = f"{what} {str(path)!r}"
+    path = regular_file(path, where)
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise JsonFileError(where, f"{size} bytes, over the limit of {MAX_JSON_BYTES}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise JsonFileError(where, f"unreadable: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JsonFileError(where, f"not valid JSON: not UTF-8 ({e.reason})") from None
+    return parse_json(text, where)
+
+
+def public_path(path: str | os.PathLike) -> str:
+    """``path`` as the user will see it: a file inside a staged run folder
+    (``.NAME.partial-*``, :func:`staged_folder`) is named by its place in ``NAME``."""
+    parts = list(Path(path).parts)
+    for i, part in enumerate(parts):
+        if part.startswith(".") and ".partial-" in part:
+            parts[i] = part[1:].rsplit(".partial-", 1)[0]
+    return str(Path(*parts)) if parts else str(path)
+
+
+def write_error(path: str | os.PathLike, e: BaseException) -> Exception:
+    """The one-line SalunError for a failed write of ``path`` (full disk, read-only folder,
+    safetensors' own error type); anything else is returned unchanged."""
+    from safetensors import SafetensorError
+
+    if isinstance(e, SalunError) or not isinstance(e, OSError | SafetensorError):
+        return e if isinstance(e, Exception) else RuntimeError(str(e))
+    where = public_path(path)
+    text = str(e)
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+        return SalunError(f"no space left on device ({where}); free some space and run again")
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else text.strip()
+    return SalunError(f"cannot write {where}: {' '.join(reason.split())}")
+
+
+@contextmanager
+def write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a failed write inside the block (OSError, SafetensorError) into one line naming
+    ``path``; for writers that make their own files (diffusers ``save_pretrained``)."""
+    try:
+        yield
+    except Exception as e:
+        err = write_error(path, e)
+        if err is e:
+            raise
+        raise err from None
 
 
 def save_tensors(
@@ -84,14 +204,53 @@ def save_tensors(
     tensors: dict[str, torch.Tensor],
     metadata: dict[str, str] | None = None,
 ) -> None:
-    """Save a flat dict of tensors as safetensors, atomically."""
+    """Save a flat dict of tensors as safetensors, atomically: the one safetensors writer.
+
+    A failed write (a full disk) is a one-line SalunError naming ``path``; the temporary file
+    is removed and nothing appears under ``path``.
+    """
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
+    with write_errors(path), atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=metadata)
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def _dtype_kind(t: torch.Tensor) -> str:
+    if t.dtype == torch.bool:
+        return "bool"
+    if t.is_floating_point():
+        return "floating-point"
+    return "complex" if t.is_complex() else "integer"
+
+
+def check_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights read from a file that do not fit the model's ``own`` state dict: other
+    names, other shapes, another kind of dtype (float weights given as int or bool), or
+    non-finite values. One line naming the tensor, what was found and what is expected."""
+
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or extra or bad:
+        raise SalunError(
+            f"{where} does not match the model: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, wrong shape {bad[:3]}"
+        )
+    for k, want in own.items():
+        got = state[k]
+        if _dtype_kind(got) != _dtype_kind(want):
+            raise SalunError(
+                f"{where}: tensor {k!r} is {str(got.dtype).removeprefix('torch.')}; the model "
+                f"expects {_dtype_kind(want)} ({str(want.dtype).removeprefix('torch.')})"
+            )
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(v.isfinite().all()):
+            raise SalunError(
+                f"{where} holds non-finite values (NaN or inf) in {k!r}; refusing to use it"
+            )
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -234,7 +393,6 @@ def out_lock(out: str | os.PathLike, create: bool = True) -> Iterator[None]:
 
 
 def _make_parent(path: Path) -> None:
-    from salun.core.errors import SalunError
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +410,6 @@ def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
     no file of the old run (a stale mask) survives beside the new model.
     """
     from salun.core.distributed import is_main
-    from salun.core.errors import SalunError
 
     if not is_main():  # under torchrun only rank 0 writes the run folder; the others scratch
         with tempfile.TemporaryDirectory() as scratch:

@@ -126,33 +126,122 @@ def collapse_note(num_classes: int, margin: float = COLLAPSE_MARGIN) -> str:
     )
 
 
-def _demo_results(folder: Path) -> list[dict[str, Any]]:
-    """The scenarios' metrics.json of one ``salun demo --out`` folder (sorted by name)."""
-    import json
+_KINDS: dict[str, tuple[Any, str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    # a number: NaN is allowed (a metric that could not be computed), infinities are not
+    "num": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and not math.isinf(v),
+        "a number",
+    ),
+    "dict": (lambda v: isinstance(v, dict), "an object"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+}
 
-    out = []
-    for path in sorted(folder.glob("*/metrics.json")):
-        try:
-            m = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+
+def shape_problem(obj: Any, fields: dict[str, str]) -> str | None:
+    """What is wrong with a JSON record read back (``metrics.json``), or None.
+
+    ``fields`` maps dotted paths (``metrics.UA``) to a kind: str, int, num, dict or list; a
+    trailing ``?`` makes the field optional (absent or null). Paths are checked in order, so
+    give a parent before its children.
+    """
+    if not isinstance(obj, dict):
+        return f"not a JSON object (a {type(obj).__name__})"
+    for path, kind in fields.items():
+        optional = kind.endswith("?")
+        check, what = _KINDS[kind.rstrip("?")]
+        value: Any = obj
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None and optional:
             continue
-        if isinstance(m, dict) and "rows" in m and "scenario" in m:
+        if value is None:
+            return f"{path} is missing"
+        if not check(value):
+            return f"{path} is {str(value)[:40]!r}, not {what}"
+    return None
+
+
+#: The fields of a demo scenario's metrics.json the report reads.
+DEMO_FIELDS = {
+    "scenario": "str",
+    "dataset": "str?",
+    "seed": "int?",
+    "title": "str",
+    "rows": "list",
+    "original": "dict",
+    "original.info": "dict",
+    "original.info.train_acc": "num?",
+    "sizes": "dict?",
+    "sizes.train": "int?",
+    "sizes.forget": "int?",
+    "forget_class_name": "str?",
+}
+
+
+def _demo_row_problem(rows: list[Any]) -> str | None:
+    if not rows:
+        return "rows is empty"
+    for i, row in enumerate(rows):
+        fields = {"name": "str", **{c: "num?" for c in COLUMNS}}
+        problem = shape_problem(row, fields)
+        if problem:
+            return f"rows[{i}]: {problem}"
+    return None
+
+
+def _demo_scan(folder: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The readable scenario results of one ``salun demo --out`` folder (sorted by name), and
+    (scenario folder, problem) for each scenario folder whose metrics.json is missing (deleted:
+    demo folders are written complete or not at all) or unreadable."""
+    from salun.core.errors import SalunError
+    from salun.core.io import read_json
+
+    out, problems = [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        path = sub / "metrics.json"
+        if not path.exists():
+            if any((sub / f).exists() for f in ("split.json", "report.md", "config.yaml")):
+                problems.append((sub.name, "metrics.json is missing (deleted or unfinished)"))
+            continue
+        try:
+            m = read_json(path, "metrics.json")
+        except SalunError as e:
+            problems.append((sub.name, str(e).replace(f" {str(path)!r}", "")))
+            continue
+        problem = shape_problem(m, DEMO_FIELDS) or _demo_row_problem(m["rows"])
+        if problem:
+            problems.append((sub.name, f"metrics.json is unreadable: {problem}"))
+        else:
             out.append(m)
-    return out
+    return out, problems
+
+
+def _demo_results(folder: Path) -> list[dict[str, Any]]:
+    """The readable scenarios' metrics.json of one ``salun demo --out`` folder."""
+    return _demo_scan(folder)[0]
 
 
 def _generation_demo(folder: Path) -> dict[str, Any] | None:
     """The metrics.json of a ``salun demo --task ddpm|text_to_image`` folder, or None."""
-    import json
+    from salun.core.errors import SalunError
+    from salun.core.io import read_json
 
     try:
-        m = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        m = read_json(folder / "metrics.json", "metrics.json")
+    except SalunError:
         return None
-    if not isinstance(m, dict) or "title" not in m:
+    if not isinstance(m, dict) or not isinstance(m.get("title"), str):
         return None
-    has_rows = isinstance(m.get("rows"), list) and bool(m["rows"])
-    return m if has_rows or isinstance(m.get("table"), str) else None
+    rows = m.get("rows")
+    if isinstance(rows, list) and rows:
+        ok = all(
+            isinstance(r, dict) and "name" in r and isinstance(r.get("gaps", {}), dict)
+            for r in rows
+        )
+        return m if ok else None
+    return m if isinstance(m.get("table"), str) else None
 
 
 def generation_demo_table(m: dict[str, Any]) -> str:
@@ -168,7 +257,7 @@ def is_demo_folder(folder: str | Path) -> bool:
     """A folder written by ``salun demo --out`` (scenario folders with a demo metrics.json, or
     a DDPM / text-to-image demo's metrics.json)."""
     folder = Path(folder)
-    return folder.is_dir() and (bool(_demo_results(folder)) or _generation_demo(folder) is not None)
+    return folder.is_dir() and (any(_demo_scan(folder)) or _generation_demo(folder) is not None)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -190,19 +279,24 @@ def demo_report(folders: Sequence[str | Path]) -> str:
     from salun.core.errors import SalunError
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    unreadable: list[str] = []
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             raise SalunError(f"folder {str(folder)!r} does not exist")
-        results = _demo_results(folder)
+        results, problems = _demo_scan(folder)
+        unreadable += [f"{folder / name}: {problem}" for name, problem in problems]
         generation = _generation_demo(folder)
-        if generation is not None and not results:
+        if generation is not None and not results and not problems:
             if len(folders) > 1:
                 raise SalunError(
                     f"{str(folder)!r} is a generation demo; combining seeds is for the "
                     "classification demo (salun demo --seed S)"
                 )
             return generation_demo_table(generation)
+        if not results and problems:
+            name, problem = problems[0]
+            raise SalunError(f"{str(folder)!r} holds no readable demo results: {name}: {problem}")
         if not results:
             raise SalunError(
                 f"{str(folder)!r} holds no demo results (DIR/SCENARIO/metrics.json); "
@@ -253,6 +347,10 @@ def demo_report(folders: Sequence[str | Path]) -> str:
         if any_collapsed:
             lines += ["", collapse_note(k)]
         parts.append("\n".join(lines))
+    if unreadable:
+        parts.append(
+            "\n".join(["## Missing or unreadable runs", "", *(f"- {u}" for u in unreadable)])
+        )
     return "\n\n".join(parts) + "\n"
 
 
@@ -260,7 +358,7 @@ def _scenario_title(r: dict[str, Any], seeds: list[Any]) -> str:
     scenario = r["scenario"]
     what = "random forgetting" if scenario == "random" else "class-wise forgetting"
     sizes = r.get("sizes", {})
-    if scenario == "random" and sizes.get("train"):
+    if scenario == "random" and sizes.get("train") and sizes.get("forget") is not None:
         what = f"random {100 * sizes['forget'] / sizes['train']:.0f} % forgetting"
     forgotten = r.get("forget_class_name")
     if scenario == "class" and forgotten:

@@ -73,12 +73,7 @@ class Split:
         """Read ``split.json``; malformed files and broken invariants are one-line errors."""
         path = Path(path)
         where = f"split file {str(path)!r}"
-        if not path.is_file():
-            raise SalunError(f"{where} does not exist")
-        try:
-            d = read_json(path)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SalunError(f"{where} is not valid JSON: {e}") from None
+        d = read_json(path, "split file")
         if not isinstance(d, dict):
             raise SalunError(f"{where} is not a JSON object")
         missing = [k for k in (*PARTS, "dataset", "scenario", "seed", "hash") if k not in d]
@@ -97,6 +92,13 @@ class Split:
             raise SalunError(f"{where}: forget_class must be an integer or null, got {fc!r}")
         if not isinstance(d["seed"], int) or not isinstance(d["dataset"], str):
             raise SalunError(f"{where}: seed must be an integer and dataset a string")
+        if d["scenario"] not in ("class", "random"):
+            raise SalunError(f"{where}: unknown scenario {d['scenario']!r}; allowed: class, random")
+        if (d["scenario"] == "class") != (fc is not None):
+            raise SalunError(
+                f"{where}: scenario {d['scenario']!r} with forget_class {fc!r}; a class-wise "
+                "split names its forget class, a random split none"
+            )
         split = cls(
             dataset=d["dataset"],
             scenario=str(d["scenario"]),
@@ -123,14 +125,41 @@ class Split:
                 bad = int(a.min()) if a.min() < 0 else int(a.max())
                 size = "" if n is None else f" (allowed 0..{n - 1})"
                 raise SalunError(f"{where}: {k} index {bad} is out of range{size}")
-        if len(self.forget) == 0:
-            raise SalunError(f"{where}: the forget set is empty")
+        for k in ("forget", "retain", "test"):
+            if len(getattr(self, k)) == 0:
+                raise SalunError(f"{where}: the {k} set is empty")
         if len(np.intersect1d(self.forget, self.retain)):
             raise SalunError(f"{where}: forget and retain overlap; they must be disjoint")
         if not np.array_equal(np.union1d(self.forget, self.retain), np.unique(self.train)):
             raise SalunError(f"{where}: forget and retain together must be exactly the train set")
         if len(np.intersect1d(self.val, self.train)):
             raise SalunError(f"{where}: val and train overlap; they must be disjoint")
+
+    def check_labels(self, train_labels: np.ndarray, test_labels: np.ndarray, where: str) -> None:
+        """A class-wise split forgets exactly the forget class's training images (of its
+        training part) and tests on no image of that class. Call after :meth:`check` with the
+        dataset's sizes (indices in range)."""
+        if self.scenario != "class" or self.forget_class is None:
+            return
+        fc = self.forget_class
+        want = self.train[np.asarray(train_labels)[self.train] == fc]
+        if not np.array_equal(np.sort(self.forget), np.sort(want)):
+            other = np.setdiff1d(self.forget, want)
+            what = (
+                f"index {int(other[0])} of class {int(np.asarray(train_labels)[other[0]])}"
+                if len(other)
+                else f"{len(np.setdiff1d(want, self.forget))} images of class {fc} are not in it"
+            )
+            raise SalunError(
+                f"{where}: the forget set of a class-wise split must be exactly class {fc}'s "
+                f"training images; {what}"
+            )
+        leak = self.test[np.asarray(test_labels)[self.test] == fc]
+        if len(leak):
+            raise SalunError(
+                f"{where}: test index {int(leak[0])} is of the forgotten class {fc}; a "
+                "class-wise split tests on the other classes only"
+            )
 
 
 def _stratified_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

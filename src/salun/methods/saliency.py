@@ -20,6 +20,7 @@ them. Non-salient weights stay bit-identical.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -86,23 +87,56 @@ class SaliencyMask:
                 f"mask file {str(path)!r} selects 0 of {mask.total} weights; unlearning with it "
                 "would change nothing"
             )
+        check_mask_meta(mask, f"mask file {str(path)!r}")
         if model is not None:
             mask.check(model)
         return mask
 
     def check_model_hash(self, model: nn.Module, force: bool = False) -> None:
-        """Refuse a mask computed on another model (recorded ``model_hash`` differs)."""
+        """Refuse a mask computed on another model (recorded ``model_hash`` differs), or one
+        that records no model at all (no salun metadata), unless ``force``."""
+        where = f"mask {self.meta.get('file', '')!r}"
         recorded = self.meta.get("model_hash")
         if not recorded:
+            if not force:
+                raise SalunError(
+                    f"{where} records no model_hash, so nothing ties it to this model; pass "
+                    "--force to use it anyway"
+                )
+            log.warning("%s records no model_hash; used as forced", where)
             return
         actual = hash_state(model)
         if recorded != actual and not force:
             raise SalunError(
-                f"mask {self.meta.get('file', '')!r} was computed on another model (model_hash "
+                f"{where} was computed on another model (model_hash "
                 f"{recorded[:12]}, this model {actual[:12]}); pass --force to use it anyway"
             )
         if recorded != actual:
             log.warning("mask model_hash %s differs from the model's %s (forced)", recorded, actual)
+
+    def check_data_hash(self, data_hash: str, forgets: str, force: bool = False) -> None:
+        """Refuse a mask computed for another forget set (recorded ``data_hash`` differs from
+        ``data_hash``, the run's; ``forgets`` says what the run forgets), or one recording no
+        forget set, unless ``force``."""
+        where = f"mask {self.meta.get('file', '')!r}"
+        recorded = self.meta.get("data_hash") or ""
+        if recorded == data_hash:
+            return
+        if not recorded and not self.meta.get("model_hash"):
+            problem = (
+                "has no salun metadata (no model_hash, no data_hash), so nothing ties it to "
+                "this model and forget set"
+            )
+        elif not recorded:
+            problem = "records no data_hash, so nothing ties it to this run's forget set"
+        else:
+            problem = (
+                f"was computed for another forget set (data_hash {recorded[:12]}; this run "
+                f"forgets {forgets}, data_hash {data_hash[:12]})"
+            )
+        if not force:
+            raise SalunError(f"{where} {problem}; pass --force to use it anyway")
+        log.warning("%s %s; used as forced", where, problem)
 
     def get(self, name: str, param: torch.Tensor) -> torch.Tensor:
         """The mask of parameter ``name``; all False for a frozen parameter the mask omits."""
@@ -129,6 +163,60 @@ class SaliencyMask:
                     f"mask does not match the model: {name} has shape "
                     f"{tuple(m.shape)} in the mask, {tuple(params[name].shape)} in the model"
                 )
+
+
+def _is_float(lo: float, hi: float, lo_open: bool = False) -> Callable[[str], bool]:
+    def ok(v: str) -> bool:
+        try:
+            x = float(v)
+        except ValueError:
+            return False
+        return math.isfinite(x) and (lo < x if lo_open else lo <= x) and x <= hi
+
+    return ok
+
+
+def _is_count(v: str) -> bool:
+    return 0 < len(v) <= 20 and v.isascii() and v.isdigit()
+
+
+def _is_hex(v: str) -> bool:
+    return len(v) <= 64 and all(c in "0123456789abcdef" for c in v)
+
+
+#: What a mask file's metadata may hold: each field's check of its (string) value, and what
+#: is allowed.
+MASK_META: dict[str, tuple[Callable[[str], bool], str]] = {
+    "format": (lambda v: v == "salun-mask-v1", "'salun-mask-v1'"),
+    "ratio": (_is_float(0.0, 1.0, lo_open=True), "a number in (0, 1]"),
+    "per_layer": (lambda v: v in ("True", "False"), "True or False"),
+    "loss": (lambda v: 0 < len(v) <= 200 and v.isprintable(), "a name like 'task:forget_loss'"),
+    "forget_loss_mean": (_is_float(-math.inf, math.inf), "a finite number"),
+    "model_hash": (lambda v: len(v) == 64 and _is_hex(v), "a sha256 (64 hex digits)"),
+    "data_hash": (_is_hex, "empty or hex digits"),
+    "seconds": (_is_float(0.0, math.inf), "a finite number >= 0"),
+    "selected": (_is_count, "the count of salient weights"),
+    "total": (_is_count, "the count of weights"),
+    "file": (lambda v: len(v) <= 4096 and v.isprintable(), "a path"),
+}
+
+
+def check_mask_meta(mask: SaliencyMask, where: str) -> None:
+    """Validate every metadata field of a mask read from a file (they reach metrics.json):
+    known names, well-formed values, and counts that match the tensors."""
+    for key, value in mask.meta.items():
+        if key not in MASK_META:
+            raise SalunError(
+                f"{where}: unknown metadata field {key!r}; allowed: {', '.join(MASK_META)}"
+            )
+        ok, allowed = MASK_META[key]
+        if not ok(value):
+            raise SalunError(f"{where}: metadata {key}={value[:40]!r} is not {allowed}")
+    for key, actual in (("selected", mask.selected), ("total", mask.total)):
+        if key in mask.meta and int(mask.meta[key]) != actual:
+            raise SalunError(
+                f"{where}: metadata {key}={mask.meta[key]} but the tensors hold {actual}"
+            )
 
 
 def kth_largest(scores: list[torch.Tensor], k: int, bins: int = 4096) -> torch.Tensor:

@@ -5,7 +5,6 @@ settings that produced it."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import shutil
 import tempfile
@@ -16,7 +15,15 @@ from torch import nn
 
 from salun.core.custom_code import refuse_custom_code
 from salun.core.errors import SalunError, require_extra
-from salun.core.io import replace_folder
+from salun.core.io import (
+    JsonFileError,
+    check_state,
+    load_tensors,
+    read_json,
+    replace_folder,
+    write_errors,
+    write_json,
+)
 from salun.experiment import (
     Experiment,
     load_weights,
@@ -34,7 +41,8 @@ def save_ddpm(model: Any, exp: Experiment, folder: str | Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        model.save_pretrained(tmp / "unet", safe_serialization=True)
+        with write_errors(folder / "unet"):
+            model.save_pretrained(tmp / "unet", safe_serialization=True)
         exp.task.scheduler.save_pretrained(tmp / "scheduler")
         data = exp.bundle.train
         meta = {
@@ -48,7 +56,7 @@ def save_ddpm(model: Any, exp: Experiment, folder: str | Path) -> Path:
             "guidance": exp.cfg.diffusion.guidance,
             "dataset": exp.cfg.data.name,
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        write_json(tmp / META_FILE, meta)
         replace_folder(tmp, folder)  # an existing folder is moved aside, then deleted
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -58,9 +66,9 @@ def save_ddpm(model: Any, exp: Experiment, folder: str | Path) -> Path:
 
 def _read_json_file(path: Path, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SalunError(f"{what} {str(path)!r} is corrupt (not valid JSON: {e})") from None
+        data = read_json(path, what)
+    except JsonFileError as e:
+        raise SalunError(f"{e.where} is corrupt ({e.reason})") from None
     if not isinstance(data, dict):
         raise SalunError(f"{what} {str(path)!r} is corrupt (not a JSON object)")
     return data
@@ -114,11 +122,12 @@ def load_ddpm(folder: str | Path):
     except Exception as e:  # diffusers raises several types for bad configs and weights
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SalunError(f"DDPM folder {str(folder)!r} does not load: {first}") from None
-    for name, t in unet.state_dict().items():
-        if t.is_floating_point() and not bool(t.isfinite().all()):
-            raise SalunError(
-                f"DDPM folder {str(folder)!r} holds non-finite weights (NaN or inf) in {name!r}"
-            )
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    try:  # diffusers casts what it loads: check the file's own tensors (names, shapes, dtypes)
+        state = load_tensors(weights)
+    except Exception as e:  # safetensors raises its own error types
+        raise SalunError(f"DDPM folder {str(folder)!r} does not load: {e}") from None
+    check_state(state, unet.state_dict(), f"DDPM folder {str(folder)!r}")
     _check_labels(folder, meta, unet.config.num_class_embeds)
     return unet, scheduler, meta
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from salun.core.custom_code import refuse_custom_code
 from salun.core.errors import SalunError
-from salun.core.io import replace_folder
+from salun.core.io import replace_folder, write_errors, write_json
 from salun.tasks.text_to_image.text_to_image_files import (
     check_finite_parts,
     check_pipeline_folder,
@@ -142,11 +142,12 @@ def save_pipeline(
     try:
         if unet is not None:
             pipe.unet = unet
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        with write_errors(folder):
+            pipe.save_pretrained(tmp, safe_serialization=True)
         if mask is not None:
             mask.save(tmp / "mask.safetensors")
         if meta is not None:
-            (tmp / "salun.json").write_text(json.dumps(meta, indent=2, default=str), "utf-8")
+            write_json(tmp / "salun.json", meta)
         replace_folder(tmp, folder)  # an existing folder is moved aside, then deleted
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -324,9 +324,11 @@ def run_unlearn_t2i(
     model_path: str | Path | None = None,
     mask_path: str | Path | None = None,
     compare: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Unlearn with ``cfg.unlearn``; write ``model/`` (a diffusers pipeline folder),
-    ``mask.safetensors``, sample grids of the forget, eval and retain prompts, and metrics."""
+    ``mask.safetensors``, sample grids of the forget, eval and retain prompts, and metrics.
+    A mask file made for another UNet or forget set is refused unless ``force``."""
     from salun.eval.generation import save_grid
     from salun.eval.prompts import read_i2p_csv
     from salun.tasks.text_to_image.text_to_image_io import save_pipeline
@@ -334,11 +336,13 @@ def run_unlearn_t2i(
     t = cfg.text_to_image
     i2p = read_i2p_csv(t.i2p_csv) if t.i2p_csv else None  # a bad file fails before any work
     exp = prepare_t2i(cfg, model_path)
-    mask: SaliencyMask | bool | None = (
-        SaliencyMask.load(mask_path, exp.unet)
-        if mask_path
-        else wants_mask(cfg.unlearn.method, cfg.unlearn.use_mask)
-    )
+    mask: SaliencyMask | bool | None = wants_mask(cfg.unlearn.method, cfg.unlearn.use_mask)
+    if mask_path:
+        mask = SaliencyMask.load(mask_path, exp.unet)
+        mask.meta["file"] = str(mask_path)
+        mask.check_data_hash(exp.data_hash, "the config's forget prompts or images", force)
+        mask.check_model_hash(exp.unet, force)
+    t = cfg.text_to_image
     with run_folder(out) as out:
         save_config(cfg, out / "config.yaml")
         model, info, used = unlearn_t2i(
@@ -426,7 +430,7 @@ class T2IRuns:
         compare: bool = True,
         force: bool = False,
     ) -> dict[str, Any]:
-        return run_unlearn_t2i(cfg, out, model_path, mask_path, compare)
+        return run_unlearn_t2i(cfg, out, model_path, mask_path, compare, force)
 
     @staticmethod
     def run_mask(cfg: Config, out: str | Path, model_path: str | Path | None = None):
