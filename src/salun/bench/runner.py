@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -26,13 +27,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
 from salun.bench.grid import RunSpec, expand_grid
-from salun.config import Config
+from salun.config import Config, dump_yaml
 from salun.core.errors import SalunError
 from salun.core.io import hash_obj, sha256_bytes, write_json, write_text
+from salun.core.limits import show_number
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,17 @@ def bench_lock(out: Path):
         lock.release()
 
 
+def check_timeout(timeout: float | None) -> None:
+    """``--timeout``: None (no limit) or a finite number of seconds above zero."""
+    if timeout is None:
+        return
+    ok = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if not ok or not math.isfinite(timeout) or timeout <= 0:
+        raise SalunError(
+            f"--timeout must be a finite number of seconds above 0, got {show_number(timeout)}"
+        )
+
+
 def run_bench(
     cfg: Config,
     out: str | Path,
@@ -106,6 +118,7 @@ def run_bench(
         raise SalunError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
     if jobs < 1:
         raise SalunError(f"--jobs must be >= 1, got {jobs}")
+    check_timeout(timeout)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SalunError(f"--out {str(out)!r} is a file, not a folder; give a folder path")
@@ -118,7 +131,7 @@ def run_bench(
     except OSError as e:
         raise SalunError(f"cannot create the bench folder {str(out)!r}: {e.strerror}") from None
     with bench_lock(out), _stop_workers_with_parent():
-        write_text(out / "bench.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_text(out / "bench.yaml", dump_yaml(cfg.to_dict()))
         write_json(out / "grid.json", [r.name for r in runs])
         counts = {"done": 0, "skipped": 0, "failed": 0}
         todo = []
@@ -161,7 +174,7 @@ def _prepare_run(spec: RunSpec, folder: Path, cache: str, want: str) -> None:
     tree = dict(spec.config)
     tree["cache_dir"] = cache
     tree["progress"] = False
-    write_text(folder / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
+    write_text(folder / "config.yaml", dump_yaml(tree))
     info = {k: v for k, v in spec.to_dict().items() if k != "config"}
     write_json(folder / "run.json", {**info, "config_hash": want})
     err = folder / "error.json"
