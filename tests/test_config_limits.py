@@ -246,3 +246,9 @@ def test_random_search_samples_without_expanding():
     )
     with pytest.raises(SalunError, match="grid of 2,000,000 candidates exceeds the limit"):
         candidates(space, "grid", None, seed=0)
+
+
+def test_a_long_override_is_quoted_short(capsys):
+    value = "[" * 1000 + "]" * 1000
+    line = one_line(train("smoke/digits", f"train.milestones={value}"), capsys, "levels deep")
+    assert len(line) < 300 and "(2,017 characters)" in line

@@ -72,6 +72,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from salun.bench import build_report, run_bench
     from salun.bench.runner import check_timeout
     from salun.config import read_yaml
+    from salun.config.yaml_reader import quoted
 
     check_timeout(args.timeout)
     cluster_args = {}
@@ -79,7 +80,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SalunError(f"--cluster-arg must be KEY=VALUE, got {item!r}")
-        cluster_args[key] = read_yaml(value, f"--cluster-arg {item!r}")
+        cluster_args[key] = read_yaml(value, f"--cluster-arg {quoted(item)}")
     cfg = _config(args)
     counts = run_bench(
         cfg,

@@ -24,7 +24,7 @@ from salun.config.schema import (
     UnlearnConfig,
 )
 from salun.config.validation import validate
-from salun.config.yaml_reader import dump_yaml, read_yaml, read_yaml_file
+from salun.config.yaml_reader import dump_yaml, quoted, read_yaml, read_yaml_file
 from salun.core.checks import check_value, field_types
 from salun.core.errors import SalunError, unknown_choice
 
@@ -114,7 +114,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     if not key or "" in key.split("."):
         raise SalunError(f"override {item!r} has an empty key")
-    return key.split("."), read_yaml(raw, f"override {item!r}") if raw != "" else None
+    return key.split("."), read_yaml(raw, f"override {quoted(item)}") if raw != "" else None
 
 
 def _set(tree: dict[str, Any], keys: list[str], value: Any) -> None:

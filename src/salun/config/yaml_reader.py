@@ -89,7 +89,7 @@ class _Loader(yaml.SafeLoader):
                 if first is not None:
                     raise _Refused(
                         f"gives the key {key!r} twice (lines {first} and {line})",
-                        key_node.start_mark,
+                        None,
                         "give each key once",
                     )
                 seen[key] = line
@@ -118,6 +118,13 @@ def _yaml_error(e: yaml.YAMLError) -> str:
         mark, hint = getattr(e, "problem_mark", None), ""
     at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return " ".join(f"{problem}{at}{hint}".split())
+
+
+def quoted(text: str, most: int = 60) -> str:
+    """``repr(text)``, cut to ``most`` characters (with its length) for a message line."""
+    if len(text) <= most:
+        return repr(text)
+    return f"{text[:most]!r}... ({len(text):,} characters)"
 
 
 def _check_size(size: int, what: str) -> None:
