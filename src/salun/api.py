@@ -32,9 +32,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from salun.config.validation import MAX_SEED
 from salun.core.checks import check_int, first_non_finite
 from salun.core.errors import SalunError
+from salun.core.limits import MAX_SEED
 from salun.eval import evaluate_classifier
 from salun.methods import UnlearnData, get_method, mask_policy, run_method, saliency
 from salun.methods._fit import EpochCallback, recording

@@ -8,12 +8,14 @@ entry whose parameters hold lists expands into one run per combination.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from salun.config import Config, config_from_dict, parse_override
+from salun.config import BenchConfig, Config, config_from_dict, parse_override
 from salun.core.errors import SalunError
+from salun.core.limits import MAX_GRID_RUNS
 from salun.core.registry import CONFIG_CHECKS
 
 REFERENCE_KINDS = ("original", "retrain", "retrain_prime")
@@ -49,10 +51,49 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _axes(params: dict[str, Any]) -> list[list[Any]]:
+    """The values each parameter takes: a list expands (except ``milestones``, a list value)."""
+    return [v if isinstance(v, list) and k != "milestones" else [v] for k, v in params.items()]
+
+
+def params_count(params: dict[str, Any]) -> int:
+    """How many parameter sets ``params`` expands into (the product of the axis sizes)."""
+    return math.prod(len(axis) for axis in _axes(params))
+
+
+def params_at(params: dict[str, Any], index: int) -> dict[str, Any]:
+    """The ``index``-th parameter set of :func:`_expand_params`, without expanding the others."""
+    axes = _axes(params)
+    combo: list[Any] = []
+    for axis in reversed(axes):  # itertools.product order: the last axis varies fastest
+        index, i = divmod(index, len(axis))
+        combo.append(axis[i])
+    return dict(zip(params, reversed(combo), strict=True))
+
+
 def _expand_params(params: dict[str, Any]) -> list[dict[str, Any]]:
     keys = list(params)
-    values = [v if isinstance(v, list) and k != "milestones" else [v] for k, v in params.items()]
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*_axes(params))]
+
+
+def _method_params(entry: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (entry or {}).items() if k not in ("method", "use_mask")}
+
+
+def check_grid_size(b: BenchConfig) -> int:
+    """The number of runs of bench grid ``b``, counted from its axis sizes before anything is
+    expanded; more than ``MAX_GRID_RUNS`` (salun.core.limits) is a one-line error."""
+    per_point = len(REFERENCE_KINDS) + sum(
+        params_count(_method_params(entry)) for entry in b.methods.values()
+    )
+    total = len(b.scenarios) * len(b.seeds) * per_point
+    if total > MAX_GRID_RUNS:
+        raise SalunError(
+            f"bench grid has {total:,} runs ({len(b.scenarios)} scenarios x {len(b.seeds)} seeds "
+            f"x {per_point:,} runs each); the limit is {MAX_GRID_RUNS:,}: use fewer seeds, "
+            "scenarios or values in the method parameter lists"
+        )
+    return total
 
 
 def expand_grid(cfg: Config) -> list[RunSpec]:
@@ -64,6 +105,7 @@ def expand_grid(cfg: Config) -> list[RunSpec]:
         raise SalunError(f"bench.seeds must be a non-empty list of integers, got {b.seeds!r}")
     if not b.methods:
         raise SalunError("bench.methods is empty: name at least one method to run")
+    check_grid_size(b)
     base = cfg.to_dict()
     base.pop("bench")
     runs: list[RunSpec] = []

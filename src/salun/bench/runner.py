@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import shutil
 import signal
@@ -26,13 +27,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
 from salun.bench.grid import RunSpec, expand_grid
-from salun.config import Config
+from salun.config import Config, dump_yaml
 from salun.core.errors import SalunError
 from salun.core.io import check_out, hash_obj, read_json, sha256_bytes, write_json, write_text
+from salun.core.limits import show_number
 from salun.core.runtime import CHECKPOINT_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,17 @@ def bench_lock(out: Path):
         lock.release()
 
 
+def check_timeout(timeout: float | None) -> None:
+    """``--timeout``: None (no limit) or a finite number of seconds above zero."""
+    if timeout is None:
+        return
+    ok = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if not ok or not math.isfinite(timeout) or timeout <= 0:
+        raise SalunError(
+            f"--timeout must be a finite number of seconds above 0, got {show_number(timeout)}"
+        )
+
+
 def run_bench(
     cfg: Config,
     out: str | Path,
@@ -107,6 +119,7 @@ def run_bench(
         raise SalunError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
     if jobs < 1:
         raise SalunError(f"--jobs must be >= 1, got {jobs}")
+    check_timeout(timeout)
     # not the current, home or data folder; the model cache is the bench's own (--cache)
     inputs = [p for p in cfg.input_paths() if p != cfg.cache_dir]
     out = check_out(out, inputs=inputs, replaces=False)
@@ -119,7 +132,7 @@ def run_bench(
     except OSError as e:
         raise SalunError(f"cannot create the bench folder {str(out)!r}: {e.strerror}") from None
     with bench_lock(out), _stop_workers_with_parent():
-        write_text(out / "bench.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_text(out / "bench.yaml", dump_yaml(cfg.to_dict()))
         write_json(out / "grid.json", [r.name for r in runs])
         counts = {"done": 0, "skipped": 0, "failed": 0}
         todo = []
@@ -162,7 +175,7 @@ def _prepare_run(spec: RunSpec, folder: Path, cache: str, want: str) -> None:
     tree = dict(spec.config)
     tree["cache_dir"] = cache
     tree["progress"] = False
-    text = yaml.safe_dump(tree, sort_keys=False)
+    text = dump_yaml(tree)
     old = folder / "config.yaml"
     if old.is_file() and old.read_text(encoding="utf-8") != text:
         # checkpoints of the run's previous config resume nothing now (they would be refused)

@@ -15,14 +15,13 @@ import random
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from salun.bench.grid import _expand_params
+from salun.bench.grid import _expand_params, params_at, params_count
 from salun.bench.report import aggregate, collect
 from salun.bench.runner import run_bench
-from salun.config import Config, config_from_dict
+from salun.config import Config, config_from_dict, dump_yaml
 from salun.core.errors import SalunError
 from salun.core.io import write_json, write_text
+from salun.core.limits import MAX_GRID_RUNS, MAX_SEED
 
 SEARCHES = ("grid", "random")
 
@@ -31,16 +30,46 @@ def candidates(entry: dict[str, Any], search: str, budget: int | None, seed: int
     """Parameter sets to try for one method entry (grid: all; random: ``budget`` of them)."""
     if search not in SEARCHES:
         raise SalunError(f"unknown search {search!r}; allowed: {', '.join(SEARCHES)}")
-    combos = _expand_params(entry)
+    if budget is not None and budget < 1:
+        raise SalunError(f"--budget must be a positive integer, got {budget}")
+    count = params_count(entry)  # counted, not expanded: a search space may be huge
     if search == "grid":
-        if budget is not None and len(combos) > budget:
+        if budget is not None and count > budget:
             raise SalunError(
-                f"grid of {len(combos)} candidates exceeds the budget of {budget}; "
+                f"grid of {count:,} candidates exceeds the budget of {budget}; "
                 "use --search random or a larger --budget"
             )
-        return combos
+        if count > MAX_GRID_RUNS:
+            raise SalunError(
+                f"grid of {count:,} candidates exceeds the limit of {MAX_GRID_RUNS:,}; "
+                "use --search random with a --budget"
+            )
+        return _expand_params(entry)
+    k = min(budget or count, count)
+    if k > MAX_GRID_RUNS:
+        raise SalunError(
+            f"random search of {k:,} candidates exceeds the limit of {MAX_GRID_RUNS:,}; "
+            f"give a --budget of at most {MAX_GRID_RUNS:,}"
+        )
     rng = random.Random(seed)
-    return rng.sample(combos, k=min(budget or len(combos), len(combos)))
+    return [params_at(entry, i) for i in rng.sample(range(count), k=k)]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Comma-separated tuning seeds (``--seeds 100,101``); a bad item is a one-line error."""
+    seeds = []
+    for item in text.split(","):
+        try:
+            seed = int(item.strip())
+        except ValueError:
+            seed = -1
+        if not 0 <= seed <= MAX_SEED:
+            raise SalunError(
+                f"--seeds item {item.strip()!r} is not a seed: give integers in 0..{MAX_SEED} "
+                "separated by commas (e.g. 100,101)"
+            )
+        seeds.append(seed)
+    return seeds
 
 
 def run_tune(
@@ -106,7 +135,7 @@ def run_tune(
         f"{tune_seeds}, by mean Avg. Gap to Retrain.\n# Reporting seeds {cfg.bench.seeds} were "
         "never used for selection.\n"
     )
-    write_text(out / "selected.yaml", header + yaml.safe_dump(selected, sort_keys=False))
+    write_text(out / "selected.yaml", header + dump_yaml(selected))
     result = {
         "search": search,
         "budget": budget,

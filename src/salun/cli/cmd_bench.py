@@ -69,17 +69,19 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import yaml
-
     from salun.bench import build_report, run_bench
+    from salun.bench.runner import check_timeout
+    from salun.config import read_yaml
+    from salun.config.yaml_reader import quoted
 
-    cfg = _config(args)
+    check_timeout(args.timeout)
     cluster_args = {}
     for item in args.cluster_arg or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SalunError(f"--cluster-arg must be KEY=VALUE, got {item!r}")
-        cluster_args[key] = yaml.safe_load(value)
+        cluster_args[key] = read_yaml(value, f"--cluster-arg {quoted(item)}")
+    cfg = _config(args)
     counts = run_bench(
         cfg,
         args.out,
@@ -100,10 +102,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from salun.bench.tune import run_tune
+    from salun.bench.tune import parse_seeds, run_tune
 
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     cfg = _config(args)
-    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     result = run_tune(
         cfg,
         args.out,

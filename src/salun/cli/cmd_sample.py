@@ -52,8 +52,8 @@ def add_parser(sub: Any) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from salun.config.validation import MAX_SEED
     from salun.core.io import check_out, staged_folder  # lazy: salun --help stays torch-free
+    from salun.core.limits import MAX_SEED
     from salun.eval.generation import check_sampling, sample
     from salun.tasks.ddpm.ddpm_folders import load_ddpm
 

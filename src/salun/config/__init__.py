@@ -6,7 +6,9 @@ loudly with a one-line :class:`~salun.core.errors.SalunError`.
 
 - :mod:`.schema`: the dataclasses (the schema) and the allowed values;
 - :mod:`.presets`: presets, overrides, loading and saving;
-- :mod:`.validation`: the checks every load ends in.
+- :mod:`.validation`: the checks every load ends in;
+- :mod:`.yaml_reader`: the one YAML reader (size, depth, alias and duplicate-key limits) and
+  writer.
 """
 
 from salun.config.presets import (
@@ -34,6 +36,7 @@ from salun.config.schema import (
     UnlearnConfig,
 )
 from salun.config.validation import check_choice, check_device, validate
+from salun.config.yaml_reader import dump_yaml, read_yaml, read_yaml_file
 
 __all__ = [
     "OPTIMIZERS",
@@ -54,9 +57,12 @@ __all__ = [
     "check_choice",
     "check_device",
     "config_from_dict",
+    "dump_yaml",
     "load_config",
     "parse_override",
     "preset_names",
+    "read_yaml",
+    "read_yaml_file",
     "save_config",
     "validate",
 ]

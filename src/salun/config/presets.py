@@ -10,8 +10,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from salun.config.schema import (
     BenchConfig,
     Config,
@@ -26,6 +24,7 @@ from salun.config.schema import (
     UnlearnConfig,
 )
 from salun.config.validation import validate
+from salun.config.yaml_reader import dump_yaml, quoted, read_yaml, read_yaml_file
 from salun.core.checks import check_value, field_types
 from salun.core.errors import SalunError, unknown_choice
 
@@ -33,7 +32,8 @@ from salun.core.errors import SalunError, unknown_choice
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from a mapping, type-checking every field from its annotation."""
     if not isinstance(data, dict):
-        raise SalunError(f"{where or 'config'} must be a mapping, got {data!r}")
+        got = "null" if data is None else repr(data)
+        raise SalunError(f"{where or 'config'} must be a mapping, got {got}")
     names = {f.name: f for f in fields(cls)}
     types_ = field_types(cls)
     kwargs: dict[str, Any] = {}
@@ -43,6 +43,10 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         f = names[key]
         sub = _nested_type(cls, f)
         here = f"{where}.{key}".strip(".")
+        if sub is not None and value is None and key not in _NULLABLE:
+            raise SalunError(
+                f"{here} must be a mapping, got null; leave the section out for its defaults"
+            )
         if sub is not None and value is not None:
             kwargs[key] = _from_dict(sub, value, here)
         else:
@@ -65,6 +69,11 @@ _NESTED = {
 }
 
 
+#: Sections where null means something: ``retrain: null`` is "the train recipe", ``bench: null``
+#: is "no grid". Any other section set to null is refused (leave it out for its defaults).
+_NULLABLE = ("retrain", "bench")
+
+
 def _nested_type(cls: type, f: dataclasses.Field) -> type | None:
     return _NESTED.get(f.name) if cls is Config else None
 
@@ -80,35 +89,11 @@ def preset_names() -> list[str]:
     return sorted(out)
 
 
-def _yaml_error(e: yaml.YAMLError) -> str:
-    """A YAML error in one line: the problem and where it is."""
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    mark = getattr(e, "problem_mark", None)
-    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return " ".join(f"{problem}{at}".split())
-
-
-def _parse_yaml(text: str, what: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:  # syntax errors, and tags such as !!python/object (refused)
-        raise SalunError(f"{what} is not valid YAML: {_yaml_error(e)}") from None
-
-
 def _read_preset(name: str) -> dict[str, Any]:
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise SalunError(f"config file {name!r} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise SalunError(
-                f"config file {name!r} is not UTF-8 text (byte {e.start}); save it as UTF-8"
-            ) from None
-        except OSError as e:
-            raise SalunError(f"cannot read config file {name!r}: {e.strerror}") from None
         what = f"config file {name!r}"
+        data = read_yaml_file(path, what)
     else:
         if name not in preset_names():
             raise unknown_choice("preset", name, preset_names())
@@ -116,7 +101,8 @@ def _read_preset(name: str) -> dict[str, Any]:
             encoding="utf-8"
         )
         what = f"preset {name!r}"
-    data = _parse_yaml(text, what) or {}
+        data = read_yaml(text, what)
+    data = data or {}
     if not isinstance(data, dict):
         raise SalunError(f"{what} is not a mapping of config keys")
     return data
@@ -128,7 +114,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     if not key or "" in key.split("."):
         raise SalunError(f"override {item!r} has an empty key")
-    return key.split("."), _parse_yaml(raw, f"override {item!r}") if raw != "" else None
+    return key.split("."), read_yaml(raw, f"override {quoted(item)}") if raw != "" else None
 
 
 def _set(tree: dict[str, Any], keys: list[str], value: Any) -> None:
@@ -187,4 +173,4 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
 def save_config(cfg: Config, path: str | Path) -> None:
     from salun.core.io import write_text
 
-    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, dump_yaml(cfg.to_dict()))

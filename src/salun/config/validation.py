@@ -16,6 +16,7 @@ from salun.config.schema import (
     TrainConfig,
 )
 from salun.core.errors import SalunError, unknown_choice
+from salun.core.limits import FIELD_RANGES
 
 
 def _check_choice(kind: str, value: Any, allowed: Iterable[str]) -> None:
@@ -90,12 +91,6 @@ def check_choice(kind: str, value: Any, allowed: Iterable[str]) -> None:
     _check_choice(kind, value, allowed)
 
 
-MAX_SEED = 2**32 - 1
-
-
-MAX_IMAGE_SIZE = 4096
-
-
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 
@@ -132,14 +127,19 @@ def check_device(name: str) -> None:
         )
 
 
+def _field(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def _check_ranges(cfg: Config) -> None:
     """Ranges of numeric fields (types are checked when the config is built)."""
-    _at_least("seed", cfg.seed, 0, MAX_SEED)
-    _at_least("data.split_seed", cfg.data.split_seed, 0, MAX_SEED)
-    _at_least("eval.mia_seed", cfg.eval.mia_seed, 0, MAX_SEED)
+    for name, (low, high) in FIELD_RANGES.items():
+        _at_least(name, _field(cfg, name), low, high)
     _at_least("threads", cfg.threads, 1)
     check_device(cfg.device)
-    _at_least("data.image_size", cfg.data.image_size, 1, MAX_IMAGE_SIZE)
     _at_least("data.train_subset", cfg.data.train_subset, 1)
     _at_least("data.test_subset", cfg.data.test_subset, 1)
     _at_least("model.width", cfg.model.width, 1)
@@ -151,7 +151,6 @@ def _check_ranges(cfg: Config) -> None:
     _at_least("eval.epsilon_models", e.epsilon_models, 1)
     g = cfg.diffusion
     _at_least("diffusion.layers_per_block", g.layers_per_block, 1)
-    _at_least("diffusion.fid_input_size", g.fid_input_size, 0, MAX_IMAGE_SIZE)
     for name in ("judge_width", "judge_batch_size"):
         _at_least(f"diffusion.{name}", getattr(g, name), 1)
     _at_least("diffusion.judge_epochs", g.judge_epochs, 0)

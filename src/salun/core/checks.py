@@ -17,6 +17,7 @@ import typing
 from typing import Any
 
 from salun.core.errors import SalunError
+from salun.core.limits import FIELD_RANGES, MAX_INT, show_number
 
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
@@ -35,16 +36,33 @@ def describe(tp: Any) -> str:
     return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+class OutOfRange(SalunError):
+    """A number of the right type but out of range (NaN, inf, an integer beyond ``MAX_INT``):
+    reported as such, not as 'must be X or Y', when a union tries its other types."""
+
+
 def check_finite(value: Any, where: str) -> Any:
     """Refuse NaN and infinities anywhere inside ``value`` (numbers, lists, mappings)."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise SalunError(f"{where} must be a finite number, got {value!r}")
+        raise OutOfRange(f"{where} must be a finite number, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise OutOfRange(
+            f"{where} must be a finite number within +-{MAX_INT}, got {show_number(value)}"
+        )
     if isinstance(value, dict):
         for k, v in value.items():
             check_finite(v, f"{where}.{k}")
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
             check_finite(v, f"{where}[{i}]")
+    return value
+
+
+def check_int_range(value: int, where: str) -> int:
+    """Refuse an integer beyond what torch and numpy hold (``MAX_INT``, in salun.core.limits)."""
+    if abs(value) > MAX_INT:
+        low, high = FIELD_RANGES.get(where, (-MAX_INT, MAX_INT))
+        raise OutOfRange(f"{where} must be an integer in {low}..{high}, got {show_number(value)}")
     return value
 
 
@@ -61,10 +79,11 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
                 continue
             try:
                 return check_value(value, arg, where)
-            except SalunError as e:
-                if "finite" in str(e):
-                    raise
-        raise SalunError(f"{where} must be {describe(tp)}, got {value!r}")
+            except OutOfRange:
+                raise
+            except SalunError:
+                pass
+        raise SalunError(f"{where} must be {describe(tp)}, got {show_number(value)}")
     if tp is type(None):
         if value is not None:
             raise SalunError(f"{where} must be null, got {value!r}")
@@ -75,8 +94,8 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SalunError(f"{where} must be an integer, got {value!r}")
-        return value
+            raise SalunError(f"{where} must be an integer, got {show_number(value)}")
+        return check_int_range(value, where)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
             try:
@@ -85,7 +104,11 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
                 raise SalunError(f"{where} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SalunError(f"{where} must be a number, got {value!r}")
-        return check_finite(float(value), where)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of over 308 digits
+            raise OutOfRange(f"{where} must be a finite number, got {show_number(value)}") from None
+        return check_finite(number, where)
     if tp is str:
         if not isinstance(value, str):
             raise SalunError(f"{where} must be a string, got {value!r}")

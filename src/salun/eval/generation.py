@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from salun.config.validation import MAX_SEED
 from salun.core.errors import SalunError, require_extra, unknown_choice
 from salun.core.io import write_bytes
+from salun.core.limits import MAX_SEED
 from salun.eval.fid import frechet_distance
 
 #: Samplers of :func:`sample`.

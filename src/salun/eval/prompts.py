@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from salun.config.validation import MAX_SEED
 from salun.core.errors import SalunError
+from salun.core.limits import MAX_SEED
 
 #: accepted header names per field, in order of preference when a file has several
 PROMPT_COLUMNS = ("prompt",)

@@ -342,7 +342,6 @@ def run_unlearn_t2i(
         mask.meta["file"] = str(mask_path)
         mask.check_data_hash(exp.data_hash, "the config's forget prompts or images", force)
         mask.check_model_hash(exp.unet, force)
-    t = cfg.text_to_image
     with run_folder(out) as out:
         save_config(cfg, out / "config.yaml")
         model, info, used = unlearn_t2i(
