@@ -2,7 +2,9 @@
 config | demo``. ``--task ddpm`` switches train/mask/unlearn/eval/demo to class-conditional DDPMs.
 
 Bad input exits with code 2 and one line on stderr; a run folder this command created is
-removed again when it fails, so no partial results are left behind.
+removed again when it fails, so no partial results are left behind. Anything else that goes
+wrong (a bug the checks missed) is one line too, "salun: internal error: ...", exit 1; the
+traceback is printed only with ``--debug`` (or ``SALUN_DEBUG=1``).
 
 This package holds the entry point (``main``, ``build_parser``, the error handling); each
 command group's parser and handler live side by side in a ``cmd_*`` module, the options they
@@ -20,6 +22,7 @@ import os
 import shutil
 import sys
 import textwrap
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -74,7 +77,8 @@ examples:
   salun COMMAND --help                            options and an example of one command
 
 Bad input exits with code 2 and one line on stderr; a run folder the command created is removed
-again when it fails, so no partial results are left behind.
+again when it fails, so no partial results are left behind. An internal error (a bug) exits 1
+with one line; --debug (or SALUN_DEBUG=1) prints its traceback as well.
 """
 
 
@@ -87,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log progress to stderr (anywhere on the line)"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of an internal error (anywhere on the line; or SALUN_DEBUG=1)",
     )
     from salun import __version__
 
@@ -102,12 +111,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: flags that work anywhere on the line (before or after the subcommand)
+_ANYWHERE = ("-v", "--verbose", "--debug")
+_INTERRUPTED = "salun: interrupted; no result was written for this command"
+_INTERNAL_MAX = 200  # characters of an internal error's message on its one line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    # -v works anywhere on the line (before or after the subcommand)
+    debug = "--debug" in argv or os.environ.get("SALUN_DEBUG", "").strip() not in ("", "0")
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the command started (its own handler is in _run)
+        print(_INTERRUPTED, file=sys.stderr)
+        return 130
+    except Exception as e:  # the last resort: a bug the checks missed, never bad input
+        if debug:
+            traceback.print_exc()
+        print(_internal_line(e), file=sys.stderr)
+        return 1
+
+
+def _internal_line(e: BaseException) -> str:
+    """``salun: internal error: Type: first line of the message; run with --debug ...``."""
+    lines = str(e).strip().splitlines()
+    first = " ".join(lines[0].split()) if lines else ""
+    if len(first) > _INTERNAL_MAX:
+        first = first[: _INTERNAL_MAX - 3] + "..."
+    what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return f"salun: internal error: {what}; run with --debug for the traceback"
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
     verbose = any(a in ("-v", "--verbose") for a in argv)
-    args, extra = parser.parse_known_args([a for a in argv if a not in ("-v", "--verbose")])
+    args, extra = parser.parse_known_args([a for a in argv if a not in _ANYWHERE])
     args.verbose = verbose
     # key=value items may come after options (argparse stops collecting positionals there).
     bad = [e for e in extra if e.startswith("-") or not hasattr(args, "items")]
@@ -121,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().addHandler(handler)
     logging.getLogger("salun").setLevel(logging.INFO)
     out: str | None = getattr(args, "out", None)
-    # A folder this command created is removed when the input was bad; bench folders are kept
+    # A folder this command created is removed when the command fails (bad input or a bug); bench folders are kept
     # (they are resumable), and so are folders of crashed runs (their log helps). Staged run
     # folders (train, mask, unlearn, sample) appear only complete: one found after a failure is
     # another run's result, never removed.
@@ -182,14 +220,18 @@ def _run(
     except KeyboardInterrupt:
         if fresh and out and main_rank:
             shutil.rmtree(out, ignore_errors=True)
-        print("salun: interrupted; no result was written for this command", file=sys.stderr)
+        print(_INTERRUPTED, file=sys.stderr)
         return 130
-    except (SalunError, OSError, MemoryError, RuntimeError) as e:
-        line = _one_line(e)
-        if line is None:
-            raise  # a bug, not bad input: keep the traceback
+    except Exception as e:
+        line = (
+            _one_line(e)
+            if isinstance(e, SalunError | OSError | MemoryError | RuntimeError)
+            else None
+        )
         if fresh and out and main_rank:
             shutil.rmtree(out, ignore_errors=True)
+        if line is None:
+            raise  # a bug, not bad input: main's last resort prints one line and exits 1
         print(f"salun: error: {line}", file=sys.stderr)
         return 2
 
