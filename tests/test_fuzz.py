@@ -69,11 +69,6 @@ HANG_S = 20.0  # a hard bound (SIGALRM): a hang fails its example instead of the
 PROFILES = [pytest.param("fast", id="fast"), pytest.param("slow", marks=pytest.mark.slow)]
 
 
-def issue20(case: str):
-    """A target that still finds a case of issue 20 on this branch (fixed in another branch)."""
-    return pytest.mark.xfail(reason=f"issue 20: {case}", strict=False)
-
-
 def fuzz(
     profile: str,
     target: str,
@@ -639,9 +634,6 @@ def png(path: Path) -> None:
 
 
 # -- the targets ----------------------------------------------------------------------------
-@issue20(
-    "config sections set to null (model=, data=); a 400-digit number for a float field (OverflowError)"
-)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_config_overrides(profile):
     """``salun config smoke/digits KEY=VALUE...`` for every field, right and wrong values."""
@@ -650,7 +642,6 @@ def test_config_overrides(profile):
          override_lists(), known=known)  # fmt: skip
 
 
-@issue20("a 400-digit number for a float hyperparameter (OverflowError)")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_method_params(profile):
     """``salun config smoke/digits unlearn.method=M unlearn.params.P=VALUE``."""
@@ -659,7 +650,6 @@ def test_method_params(profile):
     fuzz(profile, "params", check, method_params(), known=known)
 
 
-@issue20("YAML nested deeper than the recursion limit (RecursionError); a section set to null")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_preset_yaml(profile):
     """``salun config FILE.yaml`` with a random YAML document (or bytes) as the preset."""
@@ -672,7 +662,6 @@ def test_preset_yaml(profile):
     fuzz(profile, "preset_yaml", check, yaml_documents())
 
 
-@issue20("a split index of 2**70 (OverflowError); a deeply nested split file")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_split_json(profile, digits):
     """``prepare(cfg, split.json)`` (what ``--split`` runs before any training)."""
@@ -691,9 +680,6 @@ def test_split_json(profile, digits):
     fuzz(profile, "split_json", check, json_files(split, rehash_split), known=known)
 
 
-@issue20(
-    "report on a demo folder whose metrics.json is corrupt (KeyError, TypeError, AttributeError)"
-)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_demo_metrics(profile):
     """``salun report DIR [DIR2]``: demo folders whose metrics.json are random."""
@@ -711,7 +697,6 @@ def test_demo_metrics(profile):
     fuzz(profile, "demo_metrics", check, st.tuples(demo, demo, st.integers(1, 2)))
 
 
-@issue20("report on a bench whose metrics.json, run.json or error.json is corrupt")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_bench_metrics(profile):
     """``salun report BENCH --no-plots``: a bench folder with a random run (metrics, run.json,
@@ -739,7 +724,6 @@ def test_bench_metrics(profile):
     fuzz(profile, "bench_metrics", check, runs, known=known)
 
 
-@issue20("audit.json with a field missing or of the wrong type (KeyError, AttributeError)")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_audit_json(profile):
     """``salun audit RUN``: a run folder whose audit.json is random (its file hashes right)."""
@@ -758,7 +742,6 @@ def test_audit_json(profile):
     fuzz(profile, "audit_json", check, json_files(template), known=known)
 
 
-@issue20("salun.json nested deeper than the recursion limit (RecursionError)")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_ddpm_meta(profile, ddpm):
     """``salun sample`` on a DDPM folder whose salun.json is random (one sample, one step)."""
@@ -791,7 +774,6 @@ def sample_options():
     )
 
 
-@issue20("sample --steps above the model's timesteps (ValueError); --seed 2**70")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_sample_options(profile, ddpm):
     """``salun sample`` with random option values on a valid DDPM folder."""
@@ -808,7 +790,6 @@ def test_sample_options(profile, ddpm):
     fuzz(profile, "sample_options", check, sample_options(), bound_s=10, known=known)
 
 
-@issue20("model_index.json with components given as lists or missing (TypeError, KeyError)")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_model_index(profile, pipeline):
     """``load_pipeline`` on a pipeline folder whose model_index.json is random."""
@@ -824,12 +805,11 @@ def test_model_index(profile, pipeline):
     fuzz(profile, "model_index", check, json_files(template), bound_s=10)
 
 
-@issue20("captions.csv not UTF-8 (UnicodeDecodeError); rows with ../ paths")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_captions_csv(profile):
     """``read_caption_folder`` with a random captions.csv beside two images; an image outside
     the folder is never read."""
-    from salun.tasks.text_to_image.text_to_image_io import read_caption_folder
+    from salun.tasks.text_to_image.text_to_image_files import read_caption_folder
 
     def check(doc: bytes) -> None:
         with scratch() as d:
@@ -850,7 +830,6 @@ def test_captions_csv(profile):
     fuzz(profile, "captions", check, caption_files(), known=known)
 
 
-@issue20("I2P CSV not UTF-8 (UnicodeDecodeError); seed 1e20")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_i2p_csv(profile):
     """``read_i2p_csv`` with a random prompt CSV; every seed read can seed a generator."""

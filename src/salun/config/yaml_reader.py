@@ -140,7 +140,10 @@ def read_yaml(text: str, what: str) -> Any:
     limits of :mod:`salun.core.limits`; one-line :class:`SalunError` otherwise."""
     _check_size(len(text), what)
     _check_size(len(text.encode("utf-8", "surrogatepass")), what)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader rejects control characters here
+    except yaml.YAMLError as e:
+        raise SalunError(f"{what} is not valid YAML: {_yaml_error(e)}") from None
     try:
         return loader.get_single_data()
     except _Refused as e:

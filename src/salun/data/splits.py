@@ -86,6 +86,9 @@ class Split:
                 isinstance(i, int) and not isinstance(i, bool) for i in v
             ):
                 raise SalunError(f"{where}: {k} must be a list of integer indices")
+            huge = next((i for i in v if not -(2**63) <= i < 2**63), None)
+            if huge is not None:  # int64 cannot hold it; range checks below name the bounds
+                raise SalunError(f"{where}: {k} holds the index {huge}, beyond any dataset")
             arr[k] = np.asarray(v, dtype=np.int64).reshape(-1)
         fc = d.get("forget_class")
         if fc is not None and (isinstance(fc, bool) or not isinstance(fc, int)):

@@ -224,9 +224,13 @@ def _read_image(root: Path, path: Path, where: str, size: int | None) -> torch.T
     """``path`` as a [0, 1] RGB tensor (resized to ``size``); ``where`` names the row."""
     from PIL import Image
 
-    _inside(root, path, where)
     at = f" ({where})" if where else ""
-    if not path.is_file():
+    try:
+        _inside(root, path, where)
+        found = path.is_file()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise SalunError(f"captioned image {str(path)[:200]!r}{at}: {e.strerror}") from None
+    if not found:
         raise SalunError(f"captioned image {str(path)!r} does not exist{at}")
     limit = Image.MAX_IMAGE_PIXELS
     try:
