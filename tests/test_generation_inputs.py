@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from salun.cli import main
-from salun.config.validation import MAX_SEED
+from salun.core.limits import MAX_SEED
 from salun.core.errors import SalunError
 from salun.eval.prompts import read_i2p_csv
 
