@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from salun.cli import main
-from salun.core.limits import MAX_SEED
 from salun.core.errors import SalunError
+from salun.core.limits import MAX_SEED
 from salun.eval.prompts import read_i2p_csv
 
 pytestmark = pytest.mark.diffusion
