@@ -130,11 +130,12 @@ def check_value(value: Any, tp: Any, where: str) -> Any:
 
 def check_int(value: Any, where: str, low: int, high: int | None = None) -> int:
     """An integer argument in ``low..high`` (bools and floats refused), or a one-line error."""
-    check_value(value, int, where)
+    if isinstance(value, bool) or not isinstance(value, int):
+        check_value(value, int, where)  # the type's one-line error
     assert isinstance(value, int)
-    if value < low or (high is not None and value > high):
+    if value < low or (high is not None and value > high):  # this argument's range, not int64's
         allowed = f">= {low}" if high is None else f"in {low}..{high}"
-        raise SalunError(f"{where} must be an integer {allowed}, got {value!r}")
+        raise SalunError(f"{where} must be an integer {allowed}, got {show_number(value)}")
     return value
 
 

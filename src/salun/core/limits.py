@@ -45,10 +45,10 @@ FIELD_RANGES: dict[str, tuple[int, int]] = {
 
 
 def show_number(value: object) -> str:
-    """``repr(value)``, shortened for a huge integer (its first digits and its length), so a
+    """``repr(value)``, shortened for an integer of over about 40 digits (to its length), so a
     400-digit number still gives a one-line message (and one past Python's 4300-digit
     ``str`` limit does not raise)."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 133:
         sign = "a negative" if value < 0 else "an"
         try:
             return f"{sign} integer of {len(str(abs(value)))} digits"
