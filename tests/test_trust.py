@@ -105,11 +105,14 @@ def test_api_passes_mask_ratio_to_salun_soft_and_refuses_unmasked_salun(monkeypa
 
     monkeypatch.setattr(SalUnSoft, "unlearn", spy)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    data = torch.utils.data.TensorDataset(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))
-    salun.unlearn(model, data, data, method="salun_soft", mask_ratio=0.3, num_classes=3)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    # two sets: one dataset as both forget and retain is refused since issue 20
+    forget = torch.utils.data.TensorDataset(torch.randn(6, 4), labels)
+    retain = torch.utils.data.TensorDataset(torch.randn(6, 4), labels)
+    salun.unlearn(model, forget, retain, method="salun_soft", mask_ratio=0.3, num_classes=3)
     assert seen["ratio"] == 0.3
     with pytest.raises(SalunError, match="mask=False"):
-        salun.unlearn(model, data, data, method="salun", mask=False, num_classes=3)
+        salun.unlearn(model, forget, retain, method="salun", mask=False, num_classes=3)
 
 
 def test_scrub_schedule_ignores_its_loss_weight():
